@@ -1,0 +1,1 @@
+"""nst-export: write the servable SavedModel (installed as the `nst_export` package)."""

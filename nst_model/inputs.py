@@ -1,0 +1,117 @@
+"""Decoding, resizing and validation of request inputs inside the graph.
+
+The server checks neither dtypes nor shapes, so every input is checked here before any kernel
+sees it; a failed check is an INVALID_ARGUMENT whose message names the input and the limit.
+Checks use runtime shape ops: a static shape in a signature is only what a caller should send.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from nst_model.options import MAX_INPUT_PIXELS, MAX_SIDE, MIN_SIDE
+
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def require(x: tf.Tensor, ok: tf.Tensor, *message: str | tf.Tensor) -> tf.Tensor:
+    """`x`, usable only once `ok` holds; otherwise the run fails with `message`."""
+    with tf.control_dependencies([tf.debugging.Assert(ok, list(message), summarize=8)]):
+        return tf.identity(x)
+
+
+def runtime_shape(x: tf.Tensor) -> tf.Tensor:
+    """The fed tensor's shape; never folded into a constant from the declared shape."""
+    return tf.raw_ops.Shape(input=x)
+
+
+def _rank4_shape(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(is rank 4, shape padded or cut to 4 entries) without indexing past the real rank."""
+    shape = runtime_shape(x)
+    return tf.equal(tf.size(shape), 4), tf.concat([shape, tf.zeros([4], tf.int32)], 0)[:4]
+
+
+def scalar(x: tf.Tensor, name: str) -> tf.Tensor:
+    shape = runtime_shape(x)
+    return tf.ensure_shape(require(x, tf.equal(tf.size(shape), 0), f"{name} must be a scalar; got shape", shape), [])
+
+
+def int_in_range(x: tf.Tensor, name: str, low: int, high: int) -> tf.Tensor:
+    x = scalar(x, name)
+    return require(x, (x >= low) & (x <= high), f"{name} must be between {low} and {high}; got", x)
+
+
+def non_negative(x: tf.Tensor, name: str, positive: bool = False) -> tf.Tensor:
+    x = scalar(x, name)
+    ok = tf.math.is_finite(x) & ((x > 0) if positive else (x >= 0))
+    return require(x, ok, f"{name} must be a finite number {'> 0' if positive else '>= 0'}; got", x)
+
+
+def pixels(x: tf.Tensor, name: str) -> tf.Tensor:
+    """A float32 image [1, H, W, 3] with values in [0, 1] and at most MAX_INPUT_PIXELS pixels."""
+    rank4, shape = _rank4_shape(x)
+    x = require(
+        x,
+        rank4 & tf.equal(shape[0], 1) & tf.equal(shape[3], 3),
+        f"{name} must be float32 pixels shaped [1, height, width, 3]; got shape", runtime_shape(x),
+    )
+    x = require(
+        x,
+        tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64) <= MAX_INPUT_PIXELS,
+        f"{name} has more than {MAX_INPUT_PIXELS} pixels; got height, width", shape[1:3],
+    )
+    x = require(
+        x,
+        tf.reduce_all(tf.math.is_finite(x)) & (tf.reduce_min(x) >= 0.0) & (tf.reduce_max(x) <= 1.0),
+        f"{name} values must be finite and within [0, 1]",
+    )
+    return tf.ensure_shape(x, [1, None, None, 3])
+
+
+def working_size(image: tf.Tensor, name: str) -> tf.Tensor:
+    """`image` [1, H, W, 3] if its sides fit the optimisation: MIN_SIDE to MAX_SIDE px."""
+    sides = tf.shape(image)[1:3]
+    return require(
+        image,
+        tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= MAX_SIDE),
+        f"{name} sides must be between {MIN_SIDE} and {MAX_SIDE} px after resizing; got height, width", sides,
+    )
+
+
+def optional_state(x: tf.Tensor, like: tf.Tensor, default: tf.Tensor, name: str) -> tf.Tensor:
+    """A resumable-state input: `default` when empty, else checked to have the shape of `like`."""
+    given = tf.size(x) > 0
+    rank4, shape = _rank4_shape(x)
+    x = require(
+        x,
+        tf.logical_not(given) | (rank4 & tf.reduce_all(tf.equal(shape, tf.shape(like)))),
+        f"{name} must be empty or shaped like the content pixels; got shape", runtime_shape(x),
+    )
+    x = require(x, tf.reduce_all(tf.math.is_finite(x)), f"{name} must be finite")
+    return tf.cond(given, lambda: tf.reshape(x, tf.shape(like)), lambda: default)
+
+
+def decode(contents: tf.Tensor, name: str) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes to float32 RGB [1, H, W, 3] in [0, 1].
+
+    Grey and alpha images become RGB; an animated GIF gives its first frame; 16-bit PNGs keep
+    their precision.
+    """
+    contents = scalar(contents, name)
+    known = tf.reduce_any([tf.equal(tf.strings.substr(contents, 0, len(m)), m) for m in IMAGE_MAGIC])
+    contents = require(contents, known, f"{name} is not a JPEG, PNG, GIF or BMP image")
+    image = tf.io.decode_image(contents, channels=3, dtype=tf.float32, expand_animations=False)
+    image = tf.ensure_shape(image, [None, None, 3])
+    return pixels(image[tf.newaxis], name)
+
+
+def resize_longest_side(image: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
+    """Scale [1, H, W, 3] so its longest side is `longest`, as the reference does (bilinear).
+
+    Antialiasing is on, so shrinking a large photo does not alias; for same-size and enlarging
+    resizes it makes no difference.
+    """
+    size = tf.cast(tf.shape(image)[1:3], tf.float32)
+    scale = tf.cast(longest, tf.float32) / tf.reduce_max(size)
+    new_size = tf.maximum(tf.cast(size * scale, tf.int32), 1)
+    return tf.clip_by_value(tf.image.resize(image, new_size, antialias=True), 0.0, 1.0)

@@ -1,0 +1,75 @@
+"""Run an exported SavedModel the way TensorFlow Serving does.
+
+The server loads the `serve` MetaGraph into a TF1 Session and runs each request by the tensor
+names in the SignatureDef, without converting dtypes or checking shapes. Python's `Session.run`
+does both, so it would hide bugs the server shows; this calls the Session's C API directly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.client import pywrap_tf_session as c_api
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class ServingSession:
+    """A SavedModel version loaded into a TF1 Session, as `tensorflow_model_server` loads it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            self.meta_graph: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
+                self.session, ["serve"], self.path
+            )
+        self.signatures = {k: v for k, v in self.meta_graph.signature_def.items() if not k.startswith("__")}
+        self._close_lock = threading.Lock()
+
+    def signature(self, name: str = "") -> meta_graph_pb2.SignatureDef:
+        """The SignatureDef of `name` ("" means serving_default); KeyError if unknown."""
+        return self.signatures[name or DEFAULT_SIGNATURE]
+
+    def run(
+        self,
+        signature_name: str,
+        feeds: dict[str, np.ndarray],
+        output_filter: list[str] | None = None,
+        timeout_ms: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Feed arrays by signature input name, return the (filtered) outputs by name.
+
+        Arrays go in with their own dtype and shape, unconverted, as the server sends them;
+        errors come back as tf.errors.OpError with the graph's status code.
+        """
+        sig = self.signature(signature_name)
+        outputs = list(output_filter) if output_filter else sorted(sig.outputs)
+        feed = {self._tensor(sig.inputs[k].name)._as_tf_output(): v for k, v in feeds.items()}
+        fetch = [self._tensor(sig.outputs[k].name)._as_tf_output() for k in outputs]
+        options = config_pb2.RunOptions(timeout_in_ms=timeout_ms)
+        buffer = c_api.TF_NewBufferFromString(options.SerializeToString())
+        try:
+            values = self.session._call_tf_sessionrun(buffer, feed, fetch, [], None)  # noqa: SLF001
+        finally:
+            c_api.TF_DeleteBuffer(buffer)
+        return dict(zip(outputs, values))
+
+    def _tensor(self, name: str) -> tf.Tensor:
+        return self.graph.get_tensor_by_name(name)
+
+    def close(self) -> None:
+        with self._close_lock:
+            self.session.close()
+
+
+def as_feed(value: object, dtype: tf.DType) -> np.ndarray:
+    """A Python value as the numpy array a client would send for a signature input."""
+    if dtype == tf.string:
+        return np.array(value, dtype=object)
+    return np.asarray(value, dtype=dtype.as_numpy_dtype)
