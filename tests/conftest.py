@@ -58,7 +58,7 @@ def write_keras_h5(path: pathlib.Path, weights: dict[str, tuple[np.ndarray, np.n
     return path
 
 
-def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth colour image with some edges, float32 [H, W, 3] in [0, 1]."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
@@ -103,9 +103,9 @@ def real_weights() -> pathlib.Path:
 
 @pytest.fixture
 def content_png() -> bytes:
-    return png_bytes(test_image(40, 56, seed=1))
+    return png_bytes(make_image(40, 56, seed=1))
 
 
 @pytest.fixture
 def style_png() -> bytes:
-    return png_bytes(test_image(48, 48, seed=2))
+    return png_bytes(make_image(48, 48, seed=2))
