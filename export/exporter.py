@@ -90,13 +90,14 @@ def describe(path: pathlib.Path) -> str:
     try:
         for name in SIGNATURES:
             lines.append(f"signature {name!r}")
-            for direction, tensors in (("in ", session.signature(name).inputs), ("out", session.signature(name).outputs)):
+            signature = session.signature(name)
+            for direction, tensors in (("in ", signature.inputs), ("out", signature.outputs)):
                 for key in sorted(tensors):
                     info = tensors[key]
                     dtype = tf.dtypes.as_dtype(info.dtype).name
                     shape = [d.size for d in info.tensor_shape.dim]
                     default = _default_of(session, info.name) if direction == "in " else ""
-                    lines.append(f"  {direction} {key:<15} {dtype:<8} {str(shape):<18} {default}")
+                    lines.append(f"  {direction} {key:<15} {dtype:<8} {shape!s:<18} {default}")
     finally:
         session.close()
     return "\n".join(lines)
@@ -115,7 +116,9 @@ def next_version(model_dir: pathlib.Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export(model_dir: str | os.PathLike, version: int | None = None, weights: str | os.PathLike | None = None) -> pathlib.Path:
+def export(
+    model_dir: str | os.PathLike, version: int | None = None, weights: str | os.PathLike | None = None
+) -> pathlib.Path:
     """Write, check and publish a new version; returns its folder. Never leaves a partial version."""
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -136,10 +139,14 @@ def export(model_dir: str | os.PathLike, version: int | None = None, weights: st
             "weights_file": weights_path.name,
             "weights_sha256": weights_sha,
             "defaults": DEFAULTS,
-            "limits": {"max_steps": MAX_STEPS, "min_side": MIN_SIDE, "max_side": MAX_SIDE,
-                       "max_input_pixels": MAX_INPUT_PIXELS},
+            "limits": {
+                "max_steps": MAX_STEPS,
+                "min_side": MIN_SIDE,
+                "max_side": MAX_SIDE,
+                "max_input_pixels": MAX_INPUT_PIXELS,
+            },
             "signatures": list(SIGNATURES),
-            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         (staging / "assets.extra" / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         verify(staging)
@@ -152,7 +159,9 @@ def export(model_dir: str | os.PathLike, version: int | None = None, weights: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nst-export", description="Export the servable style-transfer SavedModel.")
-    parser.add_argument("--model-dir", default="models/nst", help="model base folder; the server's model name is its name (default models/nst)")
+    parser.add_argument(
+        "--model-dir", default="models/nst", help="the model's folder; its name is the served model name (models/nst)"
+    )
     parser.add_argument("--version", type=int, help="version number (default: one past the highest existing)")
     parser.add_argument("--weights", help="VGG19 .h5 weights (default: $NST_VGG19_WEIGHTS, else the Keras download)")
     args = parser.parse_args(argv)
@@ -165,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"nst-export: error: {e}\n")
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(describe(path))
-    print(f"exported {path} ({size / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s; "
-          "checked through the TF1 Session loader with its warmup requests")
+    print(
+        f"exported {path} ({size / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s; "
+        "checked through the TF1 Session loader with its warmup requests"
+    )
     return 0
 
 

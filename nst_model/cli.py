@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -24,12 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    import tensorflow as tf  # noqa: PLC0415 - keeps --help fast
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter; errors still show
+    import tensorflow as tf
 
-    from nst_model import runner  # noqa: PLC0415
-    from nst_model.model import StyleTransfer  # noqa: PLC0415
-    from nst_model.options import CONTENT_LAYER  # noqa: PLC0415
-    from nst_model.vgg import WeightsError, load_weights  # noqa: PLC0415
+    from nst_model import runner
+    from nst_model.model import StyleTransfer
+    from nst_model.options import CONTENT_LAYER
+    from nst_model.vgg import WeightsError, load_weights
 
     try:
         if args.model:
@@ -38,12 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             weights, _, _ = load_weights(args.weights, CONTENT_LAYER)
             model = StyleTransfer(weights)
             stylizer = runner.Stylizer(model.decode, model.pixels)
-        result = stylizer.run(
-            args.content, args.style, chunk=args.chunk, progress=not args.quiet, **from_flags(args)
-        )
+        result = stylizer.run(args.content, args.style, chunk=args.chunk, progress=not args.quiet, **from_flags(args))
     except (WeightsError, FileNotFoundError, OSError, ValueError) as e:
         parser.exit(2, f"nst-stylize: error: {e}\n")
-    except tf.errors.InvalidArgumentError as e:
+    except tf.errors.OpError as e:
         parser.exit(2, f"nst-stylize: error: {runner.error_message(e)}\n")
     pathlib.Path(args.output).write_bytes(result.png)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())

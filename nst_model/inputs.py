@@ -53,12 +53,14 @@ def pixels(x: tf.Tensor, name: str) -> tf.Tensor:
     x = require(
         x,
         rank4 & tf.equal(shape[0], 1) & tf.equal(shape[3], 3),
-        f"{name} must be float32 pixels shaped [1, height, width, 3]; got shape", runtime_shape(x),
+        f"{name} must be float32 pixels shaped [1, height, width, 3]; got shape",
+        runtime_shape(x),
     )
     x = require(
         x,
         tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64) <= MAX_INPUT_PIXELS,
-        f"{name} has more than {MAX_INPUT_PIXELS} pixels; got height, width", shape[1:3],
+        f"{name} has more than {MAX_INPUT_PIXELS} pixels; got height, width",
+        shape[1:3],
     )
     x = require(
         x,
@@ -74,7 +76,8 @@ def working_size(image: tf.Tensor, name: str) -> tf.Tensor:
     return require(
         image,
         tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= MAX_SIDE),
-        f"{name} sides must be between {MIN_SIDE} and {MAX_SIDE} px after resizing; got height, width", sides,
+        f"{name} sides must be between {MIN_SIDE} and {MAX_SIDE} px after resizing; got height, width",
+        sides,
     )
 
 
@@ -85,7 +88,8 @@ def optional_state(x: tf.Tensor, like: tf.Tensor, default: tf.Tensor, name: str)
     x = require(
         x,
         tf.logical_not(given) | (rank4 & tf.reduce_all(tf.equal(shape, tf.shape(like)))),
-        f"{name} must be empty or shaped like the content pixels; got shape", runtime_shape(x),
+        f"{name} must be empty or shaped like the content pixels; got shape",
+        runtime_shape(x),
     )
     x = require(x, tf.reduce_all(tf.math.is_finite(x)), f"{name} must be finite")
     return tf.cond(given, lambda: tf.reshape(x, tf.shape(like)), lambda: default)

@@ -11,17 +11,23 @@ def gram(features: tf.Tensor) -> tf.Tensor:
     return tf.einsum("bijc,bijd->bcd", features, features) / tf.cast(shape[1] * shape[2], tf.float32)
 
 
-def style_loss(grams: list[tf.Tensor], targets: list[tf.Tensor]) -> tf.Tensor:
-    """Mean over layers of the mean squared difference of Gram matrices."""
-    return tf.add_n([tf.reduce_mean(tf.square(g - t)) for g, t in zip(grams, targets)]) / len(grams)
+# Each loss applies its weight in the reference's order of operations, so that rounding, and with
+# it the optimisation's path, matches the reference's.
 
 
-def content_loss(features: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(tf.square(features - target))
+def style_loss(grams: list[tf.Tensor], targets: list[tf.Tensor], weight: tf.Tensor) -> tf.Tensor:
+    """Mean over layers of the mean squared difference of Gram matrices, times `weight`."""
+    per_layer = [tf.reduce_mean(tf.square(g - t)) for g, t in zip(grams, targets, strict=True)]
+    return tf.add_n(per_layer) * weight / len(grams)
 
 
-def tv_loss(image: tf.Tensor) -> tf.Tensor:
-    """Mean squared difference of horizontal neighbours plus that of vertical neighbours."""
-    return tf.reduce_mean(tf.square(image[:, :, 1:] - image[:, :, :-1])) + tf.reduce_mean(
-        tf.square(image[:, 1:] - image[:, :-1])
+def content_loss(features: tf.Tensor, target: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.square(features - target)) * weight
+
+
+def tv_loss(image: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """Mean squared difference of horizontal plus that of vertical neighbours, times `weight`."""
+    return weight * (
+        tf.reduce_mean(tf.square(image[:, :, 1:] - image[:, :, :-1]))
+        + tf.reduce_mean(tf.square(image[:, 1:] - image[:, :-1]))
     )

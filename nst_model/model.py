@@ -37,18 +37,22 @@ class Targets(typing.NamedTuple):
     content_features: tf.Tensor
 
 
-def _default(name: str) -> tf.Tensor:
-    value = DEFAULTS[name]
-    return tf.constant(value, tf.int32 if isinstance(value, int) else tf.float32)
+def _dtype(name: str) -> tf.DType:
+    return tf.int32 if isinstance(DEFAULTS[name], int) else tf.float32
+
+
+# Tensor defaults on the tf.functions become PlaceholderWithDefault in the SignatureDef.
+_D = {name: tf.constant(value, _dtype(name)) for name, value in DEFAULTS.items()}
+_NO_STATE = tf.zeros([1, 0, 0, 3])
+_ZERO = tf.constant(0)
 
 
 def _spec(name: str) -> tf.TensorSpec:
-    return tf.TensorSpec([], tf.int32 if isinstance(DEFAULTS[name], int) else tf.float32, name=name)
+    return tf.TensorSpec([], _dtype(name), name=name)
 
 
 _PIXELS = tf.TensorSpec([1, None, None, 3], tf.float32)
 _LOSS_SPECS = [_spec(n) for n in ("style_weight", "content_weight", "tv_weight", "learning_rate")]
-_NO_STATE = tf.zeros([1, 0, 0, 3])
 
 
 class StyleTransfer(tf.Module):
@@ -69,11 +73,10 @@ class StyleTransfer(tf.Module):
 
     def objective(self, image: tf.Tensor, targets: Targets, weights: dict[str, tf.Tensor]) -> Losses:
         features = self.vgg(image, (*STYLE_LAYERS, CONTENT_LAYER))
-        style = weights["style_weight"] * losses.style_loss(
-            [losses.gram(features[n]) for n in STYLE_LAYERS], targets.style_grams
-        )
-        content = weights["content_weight"] * losses.content_loss(features[CONTENT_LAYER], targets.content_features)
-        tv = weights["tv_weight"] * losses.tv_loss(image)
+        grams = [losses.gram(features[n]) for n in STYLE_LAYERS]
+        style = losses.style_loss(grams, targets.style_grams, weights["style_weight"])
+        content = losses.content_loss(features[CONTENT_LAYER], targets.content_features, weights["content_weight"])
+        tv = losses.tv_loss(image, weights["tv_weight"])
         return Losses(style + content + tv, style, content, tv)
 
     def optimise(
@@ -134,19 +137,24 @@ class StyleTransfer(tf.Module):
         return inputs.resize_longest_side(inputs.decode(image, name), max_dim)
 
     @tf.function(
-        input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string), _spec("steps"), _spec("max_dim"),
-                         *_LOSS_SPECS]
+        input_signature=[
+            tf.TensorSpec([], tf.string),
+            tf.TensorSpec([], tf.string),
+            _spec("steps"),
+            _spec("max_dim"),
+            *_LOSS_SPECS,
+        ]
     )
     def serving_default(
         self,
         content,
         style,
-        steps=_default("steps"),
-        max_dim=_default("max_dim"),
-        style_weight=_default("style_weight"),
-        content_weight=_default("content_weight"),
-        tv_weight=_default("tv_weight"),
-        learning_rate=_default("learning_rate"),
+        steps=_D["steps"],
+        max_dim=_D["max_dim"],
+        style_weight=_D["style_weight"],
+        content_weight=_D["content_weight"],
+        tv_weight=_D["tv_weight"],
+        learning_rate=_D["learning_rate"],
     ):
         """Encoded content and style images in; the PNG of the result and its losses out."""
         content = self._decode(content, max_dim, "content")
@@ -155,22 +163,30 @@ class StyleTransfer(tf.Module):
         return outputs
 
     @tf.function(
-        input_signature=[_PIXELS, _PIXELS, _spec("steps"), *_LOSS_SPECS,
-                         _PIXELS, _PIXELS, _PIXELS, tf.TensorSpec([], tf.int32)]
+        input_signature=[
+            _PIXELS,
+            _PIXELS,
+            _spec("steps"),
+            *_LOSS_SPECS,
+            _PIXELS,
+            _PIXELS,
+            _PIXELS,
+            tf.TensorSpec([], tf.int32),
+        ]
     )
     def pixels(
         self,
         content,
         style,
-        steps=_default("steps"),
-        style_weight=_default("style_weight"),
-        content_weight=_default("content_weight"),
-        tv_weight=_default("tv_weight"),
-        learning_rate=_default("learning_rate"),
+        steps=_D["steps"],
+        style_weight=_D["style_weight"],
+        content_weight=_D["content_weight"],
+        tv_weight=_D["tv_weight"],
+        learning_rate=_D["learning_rate"],
         image=_NO_STATE,
         adam_m=_NO_STATE,
         adam_v=_NO_STATE,
-        adam_step=tf.constant(0),
+        adam_step=_ZERO,
     ):
         """Float pixels in and out, resumable: feed the state outputs back to continue a run.
 
@@ -179,13 +195,19 @@ class StyleTransfer(tf.Module):
         content = inputs.pixels(content, "content")
         style = inputs.pixels(style, "style")
         outputs, (image, m, v, step) = self._run(
-            content, style, steps, style_weight, content_weight, tv_weight, learning_rate,
+            content,
+            style,
+            steps,
+            style_weight,
+            content_weight,
+            tv_weight,
+            learning_rate,
             state=(image, adam_m, adam_v, adam_step),
         )
         return {**outputs, "image": image, "adam_m": m, "adam_v": v, "adam_step": step}
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string), _spec("max_dim")])
-    def decode(self, image, max_dim=_default("max_dim")):
+    def decode(self, image, max_dim=_D["max_dim"]):
         """The pixels serving_default would optimise for this encoded image and max_dim."""
         return {"pixels": self._decode(image, max_dim, "image")}
 

@@ -36,7 +36,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("steps", "int32", 300, f"optimisation steps, 0 to {MAX_STEPS}"),
     Option(
-        "max_dim", "int32", 512,
+        "max_dim",
+        "int32",
+        512,
         f"longest side, in pixels, both images are resized to ({MIN_SIDE} to {MAX_SIDE})",
     ),
     Option("style_weight", "float32", 1e-2, "weight of the style loss"),
@@ -52,7 +54,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """One command-line flag per option (--steps, --max-dim, ...), defaults from OPTIONS."""
     for o in OPTIONS:
         parser.add_argument(
-            "--" + o.name.replace("_", "-"), type=int if o.dtype == "int32" else float, default=o.default,
+            "--" + o.name.replace("_", "-"),
+            type=int if o.dtype == "int32" else float,
+            default=o.default,
             help=f"{o.help} (default {o.default:g})",
         )
 

@@ -95,6 +95,12 @@ def load(path: str | os.PathLike) -> Stylizer:
 
 
 def error_message(error: tf.errors.OpError) -> str:
-    """The first line of a graph error, without TensorFlow's assertion decoration."""
-    line = error.message.strip().splitlines()[0]
+    """The line of a graph error that says what is wrong, without TensorFlow's decoration.
+
+    Eager errors wrap it in a traceback ("Graph execution error: ..."); the reason is the line
+    just above the first "[[{{node ...}}]]" marker.
+    """
+    lines = error.message.strip().splitlines()
+    marker = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[[")), None)
+    line = lines[marker - 1] if marker else lines[0]
     return line.removeprefix("assertion failed: ").replace("] [", " ").strip("[]")

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.client import pywrap_tf_session as c_api
+from tensorflow.python.util import deprecation
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -25,7 +26,7 @@ class ServingSession:
         self.path = os.fspath(path)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
-        with self.graph.as_default():
+        with self.graph.as_default(), deprecation.silence():  # the TF1 loader is the point here
             self.meta_graph: meta_graph_pb2.MetaGraphDef = tf.compat.v1.saved_model.loader.load(
                 self.session, ["serve"], self.path
             )
@@ -55,10 +56,10 @@ class ServingSession:
         options = config_pb2.RunOptions(timeout_in_ms=timeout_ms)
         buffer = c_api.TF_NewBufferFromString(options.SerializeToString())
         try:
-            values = self.session._call_tf_sessionrun(buffer, feed, fetch, [], None)  # noqa: SLF001
+            values = self.session._call_tf_sessionrun(buffer, feed, fetch, [], None)
         finally:
             c_api.TF_DeleteBuffer(buffer)
-        return dict(zip(outputs, values))
+        return dict(zip(outputs, values, strict=True))
 
     def _tensor(self, name: str) -> tf.Tensor:
         return self.graph.get_tensor_by_name(name)

@@ -16,11 +16,26 @@ import tensorflow as tf
 
 # Convolutions of VGG19 in order; "pool" marks a 2x2 max pooling.
 LAYERS = (
-    "block1_conv1", "block1_conv2", "pool",
-    "block2_conv1", "block2_conv2", "pool",
-    "block3_conv1", "block3_conv2", "block3_conv3", "block3_conv4", "pool",
-    "block4_conv1", "block4_conv2", "block4_conv3", "block4_conv4", "pool",
-    "block5_conv1", "block5_conv2", "block5_conv3", "block5_conv4",
+    "block1_conv1",
+    "block1_conv2",
+    "pool",
+    "block2_conv1",
+    "block2_conv2",
+    "pool",
+    "block3_conv1",
+    "block3_conv2",
+    "block3_conv3",
+    "block3_conv4",
+    "pool",
+    "block4_conv1",
+    "block4_conv2",
+    "block4_conv3",
+    "block4_conv4",
+    "pool",
+    "block5_conv1",
+    "block5_conv2",
+    "block5_conv3",
+    "block5_conv4",
 )
 CHANNELS = {"block1": 64, "block2": 128, "block3": 256, "block4": 512, "block5": 512}
 # Keras "caffe" preprocessing: BGR order, ImageNet channel means subtracted from 0-255 values.
@@ -63,7 +78,7 @@ def read_weights(path: str | os.PathLike, last: str) -> dict[str, tuple[np.ndarr
     Accepts both the file Keras downloads and files Keras writes with `save_weights(...h5)`:
     one group per layer whose `weight_names` attribute lists the kernel, then the bias.
     """
-    import h5py  # noqa: PLC0415 - only export needs it
+    import h5py
 
     path = pathlib.Path(path)
     if not path.is_file():
@@ -74,7 +89,7 @@ def read_weights(path: str | os.PathLike, last: str) -> dict[str, tuple[np.ndarr
         raise WeightsError(f"{path}: not a readable HDF5 file ({e}); download it again") from None
     weights = {}
     with f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = f.get("model_weights", f)
         for name, shape in conv_shapes(last).items():
             if name not in root:
                 raise WeightsError(f"{path}: no layer {name!r}; is this a VGG19 weights file?")
@@ -85,10 +100,11 @@ def read_weights(path: str | os.PathLike, last: str) -> dict[str, tuple[np.ndarr
             try:
                 kernel, bias = (np.asarray(group[n], dtype=np.float32) for n in names)
             except (KeyError, OSError) as e:
-                raise WeightsError(f"{path}: layer {name!r} cannot be read ({e}); the file may be truncated") from None
+                raise WeightsError(f"{path}: layer {name!r} cannot be read ({e}); is the file truncated?") from None
             if kernel.shape != shape or bias.shape != (shape[-1],):
                 raise WeightsError(
-                    f"{path}: layer {name!r} has shapes {kernel.shape}, {bias.shape}; VGG19 needs {shape}, {(shape[-1],)}"
+                    f"{path}: layer {name!r} has shapes {kernel.shape}, {bias.shape}; "
+                    f"VGG19 needs {shape}, {(shape[-1],)}"
                 )
             if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
                 raise WeightsError(f"{path}: layer {name!r} holds NaN or Inf values")
@@ -98,14 +114,12 @@ def read_weights(path: str | os.PathLike, last: str) -> dict[str, tuple[np.ndarr
 
 def keras_download() -> pathlib.Path:
     """Path of the ImageNet weights Keras downloads (cached under ~/.keras/models)."""
-    from keras.src.applications.vgg19 import WEIGHTS_PATH_NO_TOP  # noqa: PLC0415
-    from keras.utils import get_file  # noqa: PLC0415
+    from keras.src.applications.vgg19 import WEIGHTS_PATH_NO_TOP
+    from keras.utils import get_file
 
     try:
-        return pathlib.Path(
-            get_file(KERAS_FILENAME, WEIGHTS_PATH_NO_TOP, cache_subdir="models", file_hash=KERAS_MD5)
-        )
-    except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+        return pathlib.Path(get_file(KERAS_FILENAME, WEIGHTS_PATH_NO_TOP, cache_subdir="models", file_hash=KERAS_MD5))
+    except Exception as e:
         raise WeightsError(
             f"could not download the VGG19 weights ({e}); pass --weights PATH or set {WEIGHTS_ENV}"
         ) from None

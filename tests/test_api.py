@@ -1,0 +1,139 @@
+"""The Python API and nst-stylize give serving_default's bytes, whatever form the images take."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import nst_model
+from nst_model.images import encode
+
+OPTIONS = {"steps": 4, "max_dim": 40}
+
+
+@pytest.fixture(scope="module")
+def expected(serving, content_png, style_png) -> bytes:
+    feeds = {
+        "content": np.array(content_png, object),
+        "style": np.array(style_png, object),
+        "steps": np.int32(OPTIONS["steps"]),
+        "max_dim": np.int32(OPTIONS["max_dim"]),
+    }
+    return serving.run("serving_default", feeds)["image_bytes"]
+
+
+@pytest.fixture(scope="module")
+def content_png():  # module-scoped copies of the conftest images
+    from conftest import make_image, png_bytes
+
+    return png_bytes(make_image(40, 56, seed=1))
+
+
+@pytest.fixture(scope="module")
+def style_png():
+    from conftest import make_image, png_bytes
+
+    return png_bytes(make_image(48, 48, seed=2))
+
+
+@pytest.fixture(scope="module")
+def stylizer(exported):
+    return nst_model.load(exported)
+
+
+def test_paths_pil_images_and_arrays_give_the_same_bytes(stylizer, expected, content_png, style_png, tmp_path):
+    content_path, style_path = tmp_path / "content.png", tmp_path / "style.png"
+    content_path.write_bytes(content_png)
+    style_path.write_bytes(style_png)
+    content_pil = PIL.Image.open(io.BytesIO(content_png))
+    forms = {
+        "paths": (content_path, str(style_path)),
+        "bytes": (content_png, style_png),
+        "pil": (content_pil, PIL.Image.open(style_path)),
+        "uint8 arrays": (np.asarray(content_pil), np.asarray(PIL.Image.open(style_path))),
+        "float arrays": (np.asarray(content_pil) / 255.0, np.asarray(PIL.Image.open(style_path))[np.newaxis] / 255.0),
+    }
+    for name, (content, style) in forms.items():
+        result = stylizer.run(content, style, progress=False, chunk=3, **OPTIONS)
+        assert result.png == expected, name
+    image = stylizer.stylize(content_path, style_path, progress=False, **OPTIONS)
+    assert isinstance(image, PIL.Image.Image) and image.size == (40, 28)
+
+
+def test_one_call_and_chunks_agree(stylizer, expected, content_png, style_png):
+    assert stylizer.run(content_png, style_png, chunk=0, progress=False, **OPTIONS).png == expected
+    assert stylizer.run(content_png, style_png, chunk=1, progress=False, **OPTIONS).png == expected
+
+
+def test_unknown_option_is_a_type_error(stylizer, content_png):
+    with pytest.raises(TypeError, match="unknown options \\['stepz'\\]"):
+        stylizer.run(content_png, content_png, stepz=3)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((4, 4, 2), np.uint8), "must be shaped"),
+        (np.full((4, 4, 3), 2.0), "within \\[0, 1\\]"),
+        (np.zeros((4, 4, 3), np.int64), "must be uint8"),
+        ("no/such/file.jpg", "content image not found"),
+        (3.5, "must be a path, bytes, a PIL image or a numpy array"),
+    ],
+)
+def test_bad_python_inputs_are_refused_early(image, message):
+    with pytest.raises((ValueError, TypeError, FileNotFoundError), match=message):
+        encode(image, "content")
+
+
+def _stylize_cli(*args: str) -> subprocess.CompletedProcess:
+    code = "import sys; from nst_model.cli import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_serving_defaults_png_with_progress(tmp_path, weights_file, expected, content_png, style_png):
+    (tmp_path / "c.png").write_bytes(content_png)
+    (tmp_path / "s.png").write_bytes(style_png)
+    out = tmp_path / "out.png"
+    result = _stylize_cli(
+        str(tmp_path / "c.png"),
+        str(tmp_path / "s.png"),
+        "-o",
+        str(out),
+        "--steps",
+        "4",
+        "--max-dim",
+        "40",
+        "--chunk",
+        "2",
+        "--weights",
+        str(weights_file),
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == expected
+    assert "4/4" in result.stderr and "loss=" in result.stderr  # the progress bar
+    assert f"wrote {out} (40x28)" in result.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path, weights_file, content_png):
+    (tmp_path / "c.png").write_bytes(content_png)
+    (tmp_path / "bad.jpg").write_bytes(b"<html>not an image</html>")
+    missing = _stylize_cli(str(tmp_path / "c.png"), str(tmp_path / "nope.jpg"), "--weights", str(weights_file))
+    bad = _stylize_cli(str(tmp_path / "c.png"), str(tmp_path / "bad.jpg"), "--weights", str(weights_file))
+    steps = _stylize_cli(
+        str(tmp_path / "c.png"), str(tmp_path / "c.png"), "--steps", "-2", "--weights", str(weights_file)
+    )
+    weights = _stylize_cli(str(tmp_path / "c.png"), str(tmp_path / "c.png"), "--weights", str(tmp_path / "w.h5"))
+    for result, message in (
+        (missing, "style image not found"),
+        (bad, "image is not a JPEG, PNG, GIF or BMP image"),
+        (steps, "steps must be between 0 and 10000; got -2"),
+        (weights, "w.h5: no such file"),
+    ):
+        assert result.returncode == 2
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("nst-stylize: error:") and message in last, result.stderr

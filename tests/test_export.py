@@ -1,0 +1,72 @@
+"""nst-export: versioned layout, warmup requests, export info, and the server-way check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tensorflow as tf
+from nst_export import exporter
+from tensorflow.core.protobuf import saved_model_pb2
+
+from nst_model.options import DEFAULTS
+from nst_model.vgg import sha256
+
+
+def test_layout_warmup_and_info(exported, weights_file):
+    assert exported.name == "1"
+    assert (exported / "saved_model.pb").is_file()
+    requests = exporter.read_warmup(exported / "assets.extra" / exporter.WARMUP_FILE)
+    assert sorted(r.model_spec.signature_name for r in requests) == ["decode", "pixels", "serving_default"]
+    for request in requests:
+        assert request.model_spec.name == "nst"
+        if "steps" in request.inputs:
+            assert tf.make_ndarray(request.inputs["steps"]) == 1
+    info = json.loads((exported / "assets.extra" / exporter.INFO_FILE).read_text())
+    assert info["weights_sha256"] == sha256(weights_file)
+    assert info["tensorflow"] == tf.__version__
+    assert info["defaults"] == DEFAULTS
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_no_keras_objects_in_the_exported_graph(exported):
+    """Only plain variables: a Keras layer in the module breaks the server's Session restore."""
+    model = saved_model_pb2.SavedModel.FromString((exported / "saved_model.pb").read_bytes())
+    nodes = model.meta_graphs[0].object_graph_def.nodes
+    assert not [n for n in nodes if "keras" in n.user_object.identifier.lower()]
+    assert sum(n.HasField("variable") for n in nodes) == 28  # 14 convolutions to block5_conv2, kernel + bias
+
+
+def test_signature_defaults_are_in_the_graph(exported):
+    description = exporter.describe(exported)
+    assert "in  steps           int32    []                 default: 300" in description
+    assert "in  content         string   []                 required" in description
+    assert "in  adam_step       int32    []                 default: 0" in description
+
+
+def test_versions_count_up_and_never_overwrite(tmp_path, weights_file):
+    model_dir = tmp_path / "nst"
+    (model_dir / "3").mkdir(parents=True)
+    (model_dir / "notes").mkdir()
+    assert exporter.next_version(model_dir) == 4
+    with pytest.raises(FileExistsError, match="already exists"):
+        exporter.export(model_dir, version=3, weights=weights_file)
+    assert exporter.export(model_dir, weights=weights_file).name == "4"
+
+
+def test_a_failed_check_leaves_no_version_behind(tmp_path, weights_file, monkeypatch):
+    def broken(path):
+        raise RuntimeError("warmup failed")
+
+    monkeypatch.setattr(exporter, "verify", broken)
+    with pytest.raises(RuntimeError, match="warmup failed"):
+        exporter.export(tmp_path / "nst", weights=weights_file)
+    assert list((tmp_path / "nst").iterdir()) == []
+
+
+def test_cli_reports_bad_weights_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        exporter.main(["--model-dir", str(tmp_path / "nst"), "--weights", str(tmp_path / "missing.h5")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.h5: no such file" in err
