@@ -95,15 +95,54 @@ def optional_state(x: tf.Tensor, like: tf.Tensor, default: tf.Tensor, name: str)
     return tf.cond(given, lambda: tf.reshape(x, tf.shape(like)), lambda: default)
 
 
+def declared_size(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width] as the image's header declares them, read without decoding (int64).
+
+    Lets a decompression bomb (a tiny file declaring a huge image) be refused before the decoder
+    allocates its pixels. Unknown formats give [0, 0].
+    """
+    header = tf.io.decode_raw(tf.strings.substr(tf.strings.join([contents, b"\0" * 32]), 0, 32), tf.uint8)
+    b = tf.cast(header, tf.int64)
+
+    def big_endian(i: int) -> tf.Tensor:  # 4 bytes
+        return b[i] * 2**24 + b[i + 1] * 2**16 + b[i + 2] * 2**8 + b[i + 3]
+
+    def little_endian(i: int, n: int) -> tf.Tensor:
+        return tf.add_n([b[i + k] * 2 ** (8 * k) for k in range(n)])
+
+    def starts(magic: bytes) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
+
+    def jpeg() -> tf.Tensor:
+        return tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64)
+
+    def other() -> tf.Tensor:
+        png = tf.stack([big_endian(20), big_endian(16)])
+        gif = tf.stack([little_endian(8, 2), little_endian(6, 2)])
+        bmp = tf.stack([little_endian(22, 4), little_endian(18, 4)])
+        bmp = tf.where(bmp >= 2**31, 2**32 - bmp, bmp)  # signed; a negative height means top-down rows
+        return tf.where(starts(IMAGE_MAGIC[1]), png, tf.where(starts(b"GIF8"), gif, tf.where(starts(b"BM"), bmp, 0)))
+
+    return tf.cond(starts(IMAGE_MAGIC[0]), jpeg, other)
+
+
 def decode(contents: tf.Tensor, name: str) -> tf.Tensor:
     """Encoded JPEG/PNG/GIF/BMP bytes to float32 RGB [1, H, W, 3] in [0, 1].
 
     Grey and alpha images become RGB; an animated GIF gives its first frame; 16-bit PNGs keep
-    their precision.
+    their precision. Images whose header declares more than MAX_INPUT_PIXELS are refused
+    before decoding.
     """
     contents = scalar(contents, name)
     known = tf.reduce_any([tf.equal(tf.strings.substr(contents, 0, len(m)), m) for m in IMAGE_MAGIC])
     contents = require(contents, known, f"{name} is not a JPEG, PNG, GIF or BMP image")
+    size = declared_size(contents)
+    contents = require(
+        contents,
+        size[0] * size[1] <= MAX_INPUT_PIXELS,
+        f"{name} declares more than {MAX_INPUT_PIXELS} pixels; got height, width",
+        size,
+    )
     image = tf.io.decode_image(contents, channels=3, dtype=tf.float32, expand_animations=False)
     image = tf.ensure_shape(image, [None, None, 3])
     return pixels(image[tf.newaxis], name)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -136,6 +138,21 @@ def test_decode_handles_grey_alpha_gif_bmp_and_16_bit(serving):
     np.testing.assert_allclose(decode(serving, sixteen, 30)[0], make_image(20, 30), atol=1e-4)
 
 
+def test_header_sizes_are_read_without_decoding():
+    from nst_model.inputs import declared_size
+
+    rgb = (make_image(23, 37) * 255).astype(np.uint8)
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(rgb).save(buffer, format=fmt)
+        assert declared_size(tf.constant(buffer.getvalue())).numpy().tolist() == [23, 37], fmt
+    top_down_bmp = bytearray(buffer.getvalue())
+    top_down_bmp[22:26] = struct.pack("<i", -23)
+    assert declared_size(tf.constant(bytes(top_down_bmp))).numpy().tolist() == [23, 37]
+    assert declared_size(tf.constant(png_declaring(100_000, 7))).numpy().tolist() == [7, 100_000]
+    assert declared_size(tf.constant(b"\x89PNG")).numpy().tolist() == [0, 0]
+
+
 def _bad_default_inputs(content_png: bytes) -> dict[str, dict]:
     good = {
         "content": np.array(content_png, object),
@@ -158,7 +175,19 @@ def _bad_default_inputs(content_png: bytes) -> dict[str, dict]:
         "negative content weight": {**good, "content_weight": np.float32(-1)},
         "zero learning rate": {**good, "learning_rate": np.float32(0)},
         "thin image": {**good, "content": np.array(png_bytes(make_image(2, 400)), object)},
+        "decompression bomb": {**good, "style": np.array(png_declaring(100_000, 100_000), object)},
     }
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _bad_pixel_inputs() -> dict[str, dict]:
@@ -201,6 +230,7 @@ def test_error_messages_name_the_input_and_the_limit(serving, content_png):
         ("max_dim too small", "max_dim must be between 16 and 2048"),
         ("NaN style weight", "style_weight must be a finite number"),
         ("thin image", "content sides must be between 16 and 2048 px after resizing"),
+        ("decompression bomb", "style declares more than 50000000 pixels"),
     ):
         with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
             serving.run("serving_default", cases[case])
