@@ -1,0 +1,103 @@
+"""Projected L-BFGS as pure functions of tensors, for the while-loop carry.
+
+Converges in far fewer evaluations than Adam on the style-transfer objective. The image stays in
+[0, 1] by projection: variables held at a bound by their gradient are frozen for the direction,
+and every trial point is clipped. A backtracking (Armijo) line search only accepts points that
+lower the objective, so a step can never make it blow up.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+
+import tensorflow as tf
+
+HISTORY = 10  # correction pairs kept, as scipy's L-BFGS-B and torch.optim.LBFGS do
+FIRST_STEP = 0.02  # largest pixel change of the first step, before any curvature is known
+ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * g.(x_t - x)
+BACKTRACKS = 10  # halvings of the step before giving up on a direction
+
+ValueAndGrad = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+class State(typing.NamedTuple):
+    x: tf.Tensor  # the point, any shape, within [0, 1]
+    f: tf.Tensor  # objective at x
+    g: tf.Tensor  # gradient at x
+    s: tf.Tensor  # [HISTORY, *x.shape] past steps, newest last; unused rows are zero
+    y: tf.Tensor  # [HISTORY, *x.shape] the matching gradient changes
+
+
+def start(x: tf.Tensor, value_and_grad: ValueAndGrad, s: tf.Tensor, y: tf.Tensor) -> State:
+    """The state at `x`, continuing from `k <= HISTORY` stored pairs [k, *x.shape] (k may be 0)."""
+    f, g = value_and_grad(x)
+    padding = [[HISTORY - tf.shape(s)[0], 0]] + [[0, 0]] * len(x.shape)
+    return State(x, f, g, tf.pad(s, padding), tf.pad(y, padding))
+
+
+def history(state: State) -> tuple[tf.Tensor, tf.Tensor]:
+    """The stored pairs without the unused rows, to hand to a later `start`."""
+    used = tf.reduce_any(tf.not_equal(state.s, 0.0), axis=list(range(1, len(state.s.shape))))
+    return tf.boolean_mask(state.s, used), tf.boolean_mask(state.y, used)
+
+
+def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(a * b)
+
+
+def direction(g: tf.Tensor, s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """-H g by the two-loop recursion (H: the inverse-Hessian estimate from the pairs).
+
+    Unused (zero) pairs get rho = 0 and drop out. With no pairs at all, a steepest-descent step
+    whose largest pixel change is FIRST_STEP.
+    """
+    sy = [_dot(s[i], y[i]) for i in range(HISTORY)]
+    rho = [tf.math.divide_no_nan(1.0, v) for v in sy]
+    q, alphas = g, [None] * HISTORY
+    for i in reversed(range(HISTORY)):
+        alphas[i] = rho[i] * _dot(s[i], q)
+        q = q - alphas[i] * y[i]
+    # The usual initial inverse-Hessian guess: s.y / y.y of the newest pair.
+    gamma = tf.math.divide_no_nan(sy[-1], _dot(y[-1], y[-1]))
+    first = FIRST_STEP / tf.maximum(tf.reduce_max(tf.abs(g)), 1e-30)
+    r = tf.where(sy[-1] > 0.0, gamma, first) * q
+    for i in range(HISTORY):
+        r = r + s[i] * (alphas[i] - rho[i] * _dot(y[i], r))
+    return -r
+
+
+def step(state: State, value_and_grad: ValueAndGrad) -> State:
+    """One projected L-BFGS iteration: direction, line search, history update."""
+    x, f, g, s, y = state
+    # Variables pressed against a bound by their gradient stay there for this step.
+    free = tf.cast(~(((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0))), tf.float32)
+    d = direction(g * free, s, y) * free
+    # A direction that does not descend (stale curvature): forget it, take steepest descent.
+    descends = _dot(g, d) < 0.0
+    s, y = tf.where(descends, s, 0.0), tf.where(descends, y, 0.0)
+    d = tf.where(descends, d, direction(g * free, s, y) * free)
+
+    def trial(t):
+        x_t = tf.clip_by_value(x + t * d, 0.0, 1.0)
+        return (x_t, *value_and_grad(x_t))
+
+    def rejected(i, t, x_t, f_t, g_t):
+        sufficient = f_t <= f + ARMIJO * _dot(g, x_t - x)
+        return (i < BACKTRACKS) & ~(sufficient & tf.math.is_finite(f_t))
+
+    def halve(i, t, *_):
+        return (i + 1, t / 2, *trial(t / 2))
+
+    _, _, x_t, f_t, g_t = tf.while_loop(rejected, halve, (0, 1.0, *trial(1.0)))
+    improved = (f_t < f) & tf.math.is_finite(f_t)
+    s_new, y_new = x_t - x, g_t - g
+    curvature = improved & (_dot(s_new, y_new) > 1e-10 * _dot(y_new, y_new))
+    s = tf.where(curvature, tf.concat([s[1:], s_new[None]], 0), s)
+    y = tf.where(curvature, tf.concat([y[1:], y_new[None]], 0), y)
+    # No better point along d: stay, and forget the curvature that proposed it.
+    return tf.cond(
+        improved,
+        lambda: State(x_t, f_t, g_t, s, y),
+        lambda: State(x, f, g, tf.zeros_like(s), tf.zeros_like(y)),
+    )
