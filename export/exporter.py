@@ -107,8 +107,14 @@ def _default_of(session: ServingSession, tensor_name: str) -> str:
     tensor = session.graph.get_tensor_by_name(tensor_name)
     if tensor.op.type != "PlaceholderWithDefault":
         return "required"
-    value = session.session.run(tensor)
-    return "default: empty" if np.size(value) == 0 else f"default: {np.asarray(value).item():g}"
+    value = np.asarray(session.session.run(tensor))
+    if value.size == 0:
+        return "default: empty"
+    shown = [
+        v.decode() if isinstance(v, bytes) else f"{v:g}" if isinstance(v, float) else str(v)
+        for v in value.ravel().tolist()
+    ]
+    return f"default: {' '.join(shown)}"
 
 
 def next_version(model_dir: pathlib.Path) -> int:

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="nst-stylize", description="Paint CONTENT in the style of STYLE (Gatys et al.), in this process."
     )
     parser.add_argument("content", help="content image (JPEG, PNG, GIF or BMP)")
-    parser.add_argument("style", help="style image (JPEG, PNG, GIF or BMP)")
+    parser.add_argument("style", nargs="+", help="style image (JPEG, PNG, GIF or BMP); several are blended")
     parser.add_argument("-o", "--output", default="stylized.png", help="output PNG (default stylized.png)")
     add_flags(parser)
     parser.add_argument("--chunk", type=int, default=25, help="steps between progress updates; 0: one call")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from nst_model.options import MAX_INPUT_PIXELS, MAX_SIDE, MIN_SIDE
+from nst_model.options import MAX_INPUT_PIXELS, MAX_SIDE, MAX_STYLES, MIN_SIDE
 
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
@@ -23,6 +23,11 @@ def require(x: tf.Tensor, ok: tf.Tensor, *message: str | tf.Tensor) -> tf.Tensor
 def runtime_shape(x: tf.Tensor) -> tf.Tensor:
     """The fed tensor's shape; never folded into a constant from the declared shape."""
     return tf.raw_ops.Shape(input=x)
+
+
+def runtime_size(x: tf.Tensor) -> tf.Tensor:
+    """The fed tensor's element count (tf.size folds the declared shape, like tf.shape)."""
+    return tf.reduce_prod(runtime_shape(x))
 
 
 def _rank4_shape(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -158,3 +163,103 @@ def resize_longest_side(image: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
     scale = tf.cast(longest, tf.float32) / tf.reduce_max(size)
     new_size = tf.maximum(tf.cast(size * scale, tf.int32), 1)
     return tf.clip_by_value(tf.image.resize(image, new_size, antialias=True), 0.0, 1.0)
+
+
+def choice(x: tf.Tensor, name: str, choices: tuple[str, ...]) -> tf.Tensor:
+    """The index of the string `x` in `choices`, for tf.switch_case; unknown strings are refused."""
+    x = scalar(x, name)
+    matches = tf.equal(x, tf.constant(choices))
+    x = require(x, tf.reduce_any(matches), f"{name} must be one of {', '.join(choices)}; got", x)
+    with tf.control_dependencies([x]):
+        return tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int32)
+
+
+def float_in_range(x: tf.Tensor, name: str, low: float, high: float) -> tf.Tensor:
+    x = scalar(x, name)
+    return require(
+        x, tf.math.is_finite(x) & (x >= low) & (x <= high), f"{name} must be between {low:g} and {high:g}; got", x
+    )
+
+
+def blend_weights(x: tf.Tensor, name: str, length: tf.Tensor | int, per: str) -> tf.Tensor:
+    """Weights [length] (one `per` item), finite, non-negative and not all zero, normalised to sum 1."""
+    shape = runtime_shape(x)
+    x = require(
+        x,
+        tf.equal(tf.size(shape), 1) & tf.equal(runtime_size(x), length),
+        f"{name} must be a vector with one weight per {per}; got shape, expected length",
+        shape,
+        length,
+    )
+    x = tf.ensure_shape(x, [None])
+    ok = tf.reduce_all(tf.math.is_finite(x) & (x >= 0.0)) & (tf.reduce_sum(x) > 0.0)
+    x = require(x, ok, f"{name} must be finite, >= 0 and not all zero; got", x)
+    return x / tf.reduce_sum(x)
+
+
+def encoded_styles(x: tf.Tensor, name: str) -> tf.Tensor:
+    """One encoded image or a vector of 1 to MAX_STYLES of them, as a vector."""
+    shape = runtime_shape(x)
+    count = runtime_size(x)
+    x = require(
+        x,
+        (tf.size(shape) <= 1) & (count >= 1) & (count <= MAX_STYLES),
+        f"{name} must be one encoded image or a vector of 1 to {MAX_STYLES}; got shape",
+        shape,
+    )
+    return tf.reshape(x, [-1])
+
+
+def style_batch(x: tf.Tensor, sizes: tf.Tensor, name: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """Style pixels [K, H, W, 3], each image in the top-left [height, width] of `sizes` [K, 2]
+    (empty: each fills the batch's H, W), as (pixels, sizes) for `crop`."""
+    rank4, shape = _rank4_shape(x)
+    x = require(
+        x,
+        rank4 & (shape[0] >= 1) & (shape[0] <= MAX_STYLES) & tf.equal(shape[3], 3),
+        f"{name} must be float32 pixels shaped [styles (1 to {MAX_STYLES}), height, width, 3]; got shape",
+        runtime_shape(x),
+    )
+    x = require(
+        x,
+        tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64) <= MAX_INPUT_PIXELS,
+        f"{name} has more than {MAX_INPUT_PIXELS} pixels in all; got shape",
+        shape,
+    )
+    x = require(
+        x,
+        tf.reduce_all(tf.math.is_finite(x)) & (tf.reduce_min(x) >= 0.0) & (tf.reduce_max(x) <= 1.0),
+        f"{name} values must be finite and within [0, 1]",
+    )
+    sizes_shape = runtime_shape(sizes)
+    given = runtime_size(sizes) > 0
+    sizes_ok = tf.equal(tf.size(sizes_shape), 2) & tf.reduce_all(
+        tf.equal(tf.concat([sizes_shape, [0, 0]], 0)[:2], tf.stack([shape[0], 2]))
+    )
+    sizes = require(
+        sizes,
+        tf.logical_not(given) | sizes_ok,
+        f"{name}_sizes must be empty or shaped [styles, 2] like {name}; got shape",
+        sizes_shape,
+    )
+    full = tf.tile(shape[tf.newaxis, 1:3], [shape[0], 1])
+    sizes = tf.cond(given, lambda: tf.reshape(sizes, [-1, 2]), lambda: full)
+    sizes = require(
+        sizes,
+        tf.reduce_all((sizes >= 1) & (sizes <= full)),
+        f"{name}_sizes must be between 1 and the batch height and width; got",
+        sizes,
+    )
+    return tf.ensure_shape(x, [None, None, None, 3]), sizes
+
+
+def scaled_style(style: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
+    """`style` resized to a longest side of `longest`, refused if a side leaves MIN_SIDE..MAX_SIDE."""
+    style = resize_longest_side(style, longest)
+    sides = tf.shape(style)[1:3]
+    return require(
+        style,
+        tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= MAX_SIDE),
+        f"style sides must be between {MIN_SIDE} and {MAX_SIDE} px after scaling by style_scale; got height, width",
+        sides,
+    )

@@ -15,10 +15,20 @@ def gram(features: tf.Tensor) -> tf.Tensor:
 # it the optimisation's path, matches the reference's.
 
 
-def style_loss(grams: list[tf.Tensor], targets: list[tf.Tensor], weight: tf.Tensor) -> tf.Tensor:
-    """Mean over layers of the mean squared difference of Gram matrices, times `weight`."""
-    per_layer = [tf.reduce_mean(tf.square(g - t)) for g, t in zip(grams, targets, strict=True)]
-    return tf.add_n(per_layer) * weight / len(grams)
+def style_loss(
+    grams: list[tf.Tensor], targets: list[tf.Tensor], weight: tf.Tensor, layer_weights: tf.Tensor
+) -> tf.Tensor:
+    """Weighted mean over layers of the mean squared difference of Gram matrices, times `weight`.
+
+    `layer_weights` sum to 1. They are scaled by the layer count and the sum divided by it again,
+    so that equal weights (0.2 * 5 == 1 exactly in float32) round as the reference's plain mean.
+    """
+    count = len(grams)
+    per_layer = [
+        tf.reduce_mean(tf.square(g - t)) * (layer_weights[i] * count)
+        for i, (g, t) in enumerate(zip(grams, targets, strict=True))
+    ]
+    return tf.add_n(per_layer) * weight / count
 
 
 def content_loss(features: tf.Tensor, target: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:

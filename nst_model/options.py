@@ -11,26 +11,46 @@ import dataclasses
 
 # The reference algorithm (TensorFlow 2 style-transfer tutorial).
 CONTENT_LAYER = "block5_conv2"
+CONTENT_LAYERS = ("block5_conv2", "block4_conv2")  # the choices of `content_layer`; the paper uses conv4_2
 STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
+DEEPEST_LAYER = "block5_conv2"  # the network is built up to here, whatever the options
 ADAM_BETA_1 = 0.99
 ADAM_BETA_2 = 0.999  # Keras's default, which the reference keeps.
 ADAM_EPSILON = 0.1
+
+INITS = ("content", "noise", "style")
+POOLINGS = ("max", "avg")
+# Noise init, as jcjohnson's and anishathalye's: Gaussian noise around VGG's mean colour (the zero
+# of its input space), its standard deviation a tenth of the content's (anishathalye's scale).
+NOISE_SCALE = 0.1
 
 # Limits enforced inside the graph, because the server checks nothing itself.
 MAX_STEPS = 10_000  # per call; resume with the state inputs to go further
 MIN_SIDE = 16  # VGG19 pools four times before block5_conv2: a side below 16 px has no features
 MAX_SIDE = 2048  # longest side the optimisation runs at (memory grows with the pixel count)
 MAX_INPUT_PIXELS = 50_000_000  # largest image accepted for decoding or resizing
+MAX_STYLES = 8  # style images per request; each costs one VGG pass per call
+STYLE_SCALE_RANGE = (0.1, 8.0)  # and the scaled style's sides must stay within MIN_SIDE..MAX_SIDE
 
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """A tunable input: a signature input with a default, a CLI flag and a Python keyword."""
+    """A tunable input: a signature input with a default, a CLI flag and a Python keyword.
+
+    `dtype` is the signature's dtype; `length` makes it a vector (None: any length, the empty
+    default meaning "not given"); `choices` lists the values a string option takes.
+    """
 
     name: str
-    dtype: str  # "int32" or "float32", the signature's dtype
-    default: int | float
+    dtype: str  # "int32", "float32", "bool" or "string"
+    default: int | float | bool | str | tuple[float, ...]
     help: str
+    length: int | None = 0  # 0: a scalar
+    choices: tuple[str, ...] = ()
+
+    @property
+    def is_vector(self) -> bool:
+        return self.length != 0
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -45,21 +65,66 @@ OPTIONS: tuple[Option, ...] = (
     Option("content_weight", "float32", 1e4, "weight of the content loss"),
     Option("tv_weight", "float32", 1e8, "weight of the total-variation (smoothness) loss"),
     Option("learning_rate", "float32", 0.02, "Adam learning rate"),
+    Option(
+        "style_scale",
+        "float32",
+        1.0,
+        "the style is resized to this times the content's longest side: larger gives larger brush strokes "
+        f"({STYLE_SCALE_RANGE[0]:g} to {STYLE_SCALE_RANGE[1]:g}; the scaled style's sides must stay within "
+        f"{MIN_SIDE} to {MAX_SIDE} px)",
+    ),
+    Option(
+        "style_weights",
+        "float32",
+        (),
+        "blend weights of the style images, one each, normalised to sum 1; none: equal weights",
+        length=None,
+    ),
+    Option("preserve_colors", "bool", False, "keep the content's colours: only the luminance is stylised"),
+    Option("init", "string", "content", "the image the optimisation starts from", choices=INITS),
+    Option("seed", "int32", 0, "seed of the noise init: the same seed and inputs give the same image"),
+    Option(
+        "pooling", "string", "max", "VGG pooling: max as VGG was trained, avg as the paper suggests", choices=POOLINGS
+    ),
+    Option(
+        "style_layer_weights",
+        "float32",
+        (1.0,) * len(STYLE_LAYERS),
+        f"relative weights of the style layers {', '.join(STYLE_LAYERS)}, normalised to sum 1",
+        length=len(STYLE_LAYERS),
+    ),
+    Option("content_layer", "string", CONTENT_LAYER, "VGG layer the content loss compares", choices=CONTENT_LAYERS),
 )
-DEFAULTS: dict[str, int | float] = {o.name: o.default for o in OPTIONS}
-LOSS_OPTIONS = ("style_weight", "content_weight", "tv_weight", "learning_rate")
+DEFAULTS: dict[str, int | float | bool | str | tuple[float, ...]] = {o.name: o.default for o in OPTIONS}
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+# The options `pixels` takes: all but max_dim, which only `decode` and serving_default use.
+PIXELS_OPTIONS = tuple(o.name for o in OPTIONS if o.name not in ("steps", "max_dim"))
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One command-line flag per option (--steps, --max-dim, ...), defaults from OPTIONS."""
     for o in OPTIONS:
+        flag = "--" + o.name.replace("_", "-")
+        if o.dtype == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=o.default, help=o.help)
+            continue
+        kind = {"int32": int, "float32": float, "string": str}[o.dtype]
         parser.add_argument(
-            "--" + o.name.replace("_", "-"),
-            type=int if o.dtype == "int32" else float,
+            flag,
+            type=kind,
             default=o.default,
-            help=f"{o.help} (default {o.default:g})",
+            nargs=(o.length or "+") if o.is_vector else None,
+            choices=o.choices or None,
+            metavar="W" if o.is_vector else None,
+            help=f"{o.help} (default {_shown(o.default)})",
         )
 
 
-def from_flags(args: argparse.Namespace) -> dict[str, int | float]:
-    return {o.name: getattr(args, o.name) for o in OPTIONS}
+def from_flags(args: argparse.Namespace) -> dict[str, object]:
+    return {o.name: tuple(v) if o.is_vector else v for o in OPTIONS if (v := getattr(args, o.name)) is not None}
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return " ".join(map(_shown, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import PIL.Image
 import tensorflow as tf
 import tqdm
 
 from nst_model import images
-from nst_model.options import DEFAULTS, LOSS_OPTIONS
+from nst_model.options import BY_NAME, DEFAULTS, PIXELS_OPTIONS
 
 DEFAULT_CHUNK = 25
 LOSS_NAMES = ("loss", "style_loss", "content_loss", "tv_loss")
 SignatureFn = Callable[..., dict[str, tf.Tensor]]
+Styles = images.ImageLike | Sequence[images.ImageLike]
 
 
 @dataclasses.dataclass
@@ -41,9 +42,10 @@ class Stylizer:
         self._decode = decode
         self._pixels = pixels
 
-    def stylize(self, content: images.ImageLike, style: images.ImageLike, **options) -> PIL.Image.Image:
+    def stylize(self, content: images.ImageLike, style: Styles, **options) -> PIL.Image.Image:
         """`content` painted in `style`: paths, bytes, PIL images or arrays in, a PIL image out.
 
+        `style` is one image or a list of them (blended by the `style_weights` option).
         Keywords: the options of `nst_model.options.OPTIONS` (steps, max_dim, style_weight, ...),
         `chunk` (steps per call, 0 for one call) and `progress` (show a progress bar).
         """
@@ -52,11 +54,11 @@ class Stylizer:
     def run(
         self,
         content: images.ImageLike,
-        style: images.ImageLike,
+        style: Styles,
         *,
         chunk: int = DEFAULT_CHUNK,
         progress: bool = True,
-        **options: float,
+        **options: object,
     ) -> Result:
         unknown = set(options) - set(DEFAULTS)
         if unknown:
@@ -64,10 +66,14 @@ class Stylizer:
         opts = {**DEFAULTS, **options}
         steps = int(opts["steps"])
         max_dim = tf.constant(int(opts["max_dim"]), tf.int32)
+        styles = [style] if isinstance(style, images.ImageLike) else list(style)
+        decoded = [
+            self._decode(image=tf.constant(images.encode(s, "style")), max_dim=max_dim)["pixels"] for s in styles
+        ]
         feeds = {
             "content": self._decode(image=tf.constant(images.encode(content, "content")), max_dim=max_dim)["pixels"],
-            "style": self._decode(image=tf.constant(images.encode(style, "style")), max_dim=max_dim)["pixels"],
-            **{n: tf.constant(float(opts[n]), tf.float32) for n in LOSS_OPTIONS},
+            **style_batch(decoded),
+            **{n: tf.constant(opts[n], tf.dtypes.as_dtype(BY_NAME[n].dtype)) for n in PIXELS_OPTIONS},
         }
         empty = tf.zeros([1, 0, 0, 3])
         state = {"image": empty, "adam_m": empty, "adam_v": empty, "adam_step": tf.constant(0)}
@@ -84,6 +90,17 @@ class Stylizer:
                 if done >= steps:
                     break
         return Result(out["image_bytes"].numpy(), {k: float(out[k]) for k in LOSS_NAMES})
+
+
+def style_batch(styles: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Decoded styles [1, h, w, 3] of any sizes as `pixels` takes them: zero-padded to one
+    batch [styles, H, W, 3], with each one's own size in `style_sizes`."""
+    sizes = [(int(s.shape[1]), int(s.shape[2])) for s in styles]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    padded = [
+        tf.pad(s, [[0, 0], [0, height - h], [0, width - w], [0, 0]]) for s, (h, w) in zip(styles, sizes, strict=True)
+    ]
+    return {"style": tf.concat(padded, 0), "style_sizes": tf.constant(sizes, tf.int32)}
 
 
 def load(path: str | os.PathLike) -> Stylizer:

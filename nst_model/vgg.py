@@ -146,13 +146,19 @@ class VGG19(tf.Module):
         self.kernels = {n: tf.Variable(k, trainable=False, name=f"{n}_kernel") for n, (k, _) in weights.items()}
         self.biases = {n: tf.Variable(b, trainable=False, name=f"{n}_bias") for n, (_, b) in weights.items()}
 
-    def __call__(self, image: tf.Tensor, layers: tuple[str, ...]) -> dict[str, tf.Tensor]:
-        """Post-ReLU activations of `layers` for an image batch [N, H, W, 3] in [0, 1]."""
+    def __call__(
+        self, image: tf.Tensor, layers: tuple[str, ...], avg_pool: tf.Tensor | bool = False
+    ) -> dict[str, tf.Tensor]:
+        """Post-ReLU activations of `layers` for an image batch [N, H, W, 3] in [0, 1].
+
+        `avg_pool` (a bool tensor) swaps the 2x2 max poolings for average poolings, as Gatys et al.
+        suggest; one network serves both, the choice is made per request in the graph.
+        """
         x = tf.reverse(image * 255.0, axis=[-1]) - tf.constant(BGR_MEANS)
         outputs, wanted = {}, set(layers)
         for name in LAYERS:
             if name == "pool":
-                x = tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
+                x = _pool(x, avg_pool)
                 continue
             x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.kernels[name], 1, "SAME"), self.biases[name]))
             if name in wanted:
@@ -160,3 +166,15 @@ class VGG19(tf.Module):
                 if len(outputs) == len(wanted):
                     return outputs
         raise ValueError(f"unknown VGG19 layers: {sorted(wanted - set(outputs))}")
+
+
+def _pool(x: tf.Tensor, avg: tf.Tensor | bool) -> tf.Tensor:
+    def average():
+        return tf.nn.avg_pool2d(x, ksize=2, strides=2, padding="VALID")
+
+    def maximum():
+        return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
+
+    if tf.is_tensor(avg):
+        return tf.cond(avg, average, maximum)
+    return average() if avg else maximum()

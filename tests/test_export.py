@@ -25,7 +25,7 @@ def test_layout_warmup_and_info(exported, weights_file):
     info = json.loads((exported / "assets.extra" / exporter.INFO_FILE).read_text())
     assert info["weights_sha256"] == sha256(weights_file)
     assert info["tensorflow"] == tf.__version__
-    assert info["defaults"] == DEFAULTS
+    assert info["defaults"] == json.loads(json.dumps(DEFAULTS))  # vectors come back as lists
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
@@ -42,6 +42,9 @@ def test_signature_defaults_are_in_the_graph(exported):
     assert "in  steps           int32    []                 default: 300" in description
     assert "in  content         string   []                 required" in description
     assert "in  adam_step       int32    []                 default: 0" in description
+    assert "in  init            string   []                 default: content" in description
+    assert "in  style_layer_weights float32  [-1]               default: 1 1 1 1 1" in description
+    assert "in  preserve_colors bool     []                 default: False" in description
 
 
 def test_versions_count_up_and_never_overwrite(tmp_path, weights_file):

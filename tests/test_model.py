@@ -13,6 +13,7 @@ import tensorflow as tf
 from conftest import make_image, png_bytes
 from reference import Reference
 
+from nst_model.options import BY_NAME, DEFAULTS
 from nst_model.session import ServingSession
 
 STEPS = 10
@@ -32,16 +33,11 @@ def decode(serving: ServingSession, png: bytes, max_dim: int) -> np.ndarray:
 def test_session_and_tf2_loader_give_the_same_png(serving, exported, content_png, style_png):
     by_session = run_default(serving, content_png, style_png, steps=3, max_dim=48)
     signature = tf.saved_model.load(str(exported)).signatures["serving_default"]
-    by_tf2 = signature(
-        content=tf.constant(content_png),
-        style=tf.constant(style_png),
-        steps=tf.constant(3),
-        max_dim=tf.constant(48),
-        style_weight=tf.constant(1e-2),
-        content_weight=tf.constant(1e4),
-        tv_weight=tf.constant(1e8),
-        learning_rate=tf.constant(0.02),
-    )
+    # The TF2 loader's signature functions ignore the SignatureDef's defaults: every input is passed.
+    options = {
+        name: tf.constant(value, BY_NAME[name].dtype) for name, value in {**DEFAULTS, "steps": 3, "max_dim": 48}.items()
+    }
+    by_tf2 = signature(content=tf.constant(content_png), style=tf.constant(style_png), **options)
     assert by_tf2["image_bytes"].numpy() == by_session["image_bytes"]
     assert float(by_tf2["loss"]) == pytest.approx(float(by_session["loss"]), rel=1e-6)
 
