@@ -7,7 +7,7 @@ import os
 import pathlib
 import sys
 
-from nst_model.options import add_flags, from_flags
+from nst_model.options import PRECISIONS, add_flags, from_flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", help="VGG19 .h5 weights (default: $NST_VGG19_WEIGHTS, else Keras download)")
     source.add_argument("--model", help="an exported SavedModel version folder to run instead, e.g. models/nst/1")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="VGG arithmetic without --model: bfloat16 is several times faster on CPUs with AMX/AVX512-BF16",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             stylizer = runner.load(args.model)
         else:
             weights, _, _ = load_weights(args.weights, CONTENT_LAYER)
-            model = StyleTransfer(weights)
+            model = StyleTransfer(weights, args.precision)
             stylizer = runner.Stylizer(model.decode, model.pixels)
         result = stylizer.run(args.content, args.style, chunk=args.chunk, progress=not args.quiet, **from_flags(args))
     except (WeightsError, FileNotFoundError, OSError, ValueError) as e:

@@ -100,6 +100,25 @@ def optional_state(x: tf.Tensor, like: tf.Tensor, default: tf.Tensor, name: str)
     return tf.cond(given, lambda: tf.reshape(x, tf.shape(like)), lambda: default)
 
 
+def optional_history(x: tf.Tensor, like: tf.Tensor, max_pairs: int, name: str) -> tf.Tensor:
+    """An L-BFGS history input: [k, H, W, 3] pairs for content [1, H, W, 3], k <= max_pairs.
+
+    Empty (the default) means no history: [0, H, W, 3].
+    """
+    given = runtime_size(x) > 0
+    rank4, shape = _rank4_shape(x)
+    x = require(
+        x,
+        tf.logical_not(given)
+        | (rank4 & (shape[0] <= max_pairs) & tf.reduce_all(tf.equal(shape[1:], tf.shape(like)[1:]))),
+        f"{name} must be empty or hold at most {max_pairs} images shaped like the content; got shape",
+        runtime_shape(x),
+    )
+    x = require(x, tf.reduce_all(tf.math.is_finite(x)), f"{name} must be finite")
+    empty = tf.zeros(tf.concat([[0], tf.shape(like)[1:]], 0))
+    return tf.cond(given, lambda: tf.reshape(x, [-1, *tf.unstack(tf.shape(like)[1:])]), lambda: empty)
+
+
 def declared_size(contents: tf.Tensor) -> tf.Tensor:
     """[height, width] as the image's header declares them, read without decoding (int64).
 

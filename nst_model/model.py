@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from nst_model import colors, inputs, losses
+from nst_model import colors, inputs, lbfgs, losses
 from nst_model.adam import adam_step
 from nst_model.options import (
     BY_NAME,
@@ -32,6 +32,7 @@ from nst_model.options import (
     MAX_STEPS,
     MIN_SIDE,
     NOISE_SCALE,
+    OPTIMIZERS,
     POOLINGS,
     STYLE_LAYERS,
     STYLE_SCALE_RANGE,
@@ -66,6 +67,18 @@ class Controls(typing.NamedTuple):
     preserve_colors: tf.Tensor
     init: tf.Tensor  # index into INITS
     seed: tf.Tensor
+    optimizer: tf.Tensor  # index into OPTIMIZERS
+
+
+class State(typing.NamedTuple):
+    """Everything a run carries from step to step, and hands back for resuming."""
+
+    image: tf.Tensor  # [1, H, W, 3], the raw optimised image
+    adam_m: tf.Tensor  # [1, H, W, 3] Adam's moments and step count
+    adam_v: tf.Tensor
+    adam_step: tf.Tensor
+    lbfgs_s: tf.Tensor  # [k, H, W, 3], L-BFGS's last k steps and gradient changes, oldest first
+    lbfgs_y: tf.Tensor
 
 
 def _dtype(name: str) -> tf.DType:
@@ -82,6 +95,7 @@ def _spec(name: str) -> tf.TensorSpec:
 _D = {name: tf.constant(value, _dtype(name)) for name, value in DEFAULTS.items()}
 _NO_STATE = tf.zeros([1, 0, 0, 3])
 _NO_SIZES = tf.zeros([0, 2], tf.int32)
+_NO_HISTORY = tf.zeros([0, 0, 0, 3])
 _ZERO = tf.constant(0)
 
 _PIXELS = tf.TensorSpec([1, None, None, 3], tf.float32)
@@ -96,6 +110,7 @@ _CONTROL_NAMES = (
     "pooling",
     "style_layer_weights",
     "content_layer",
+    "optimizer",
 )
 _CONTROL_SPECS = [_spec(n) for n in _CONTROL_NAMES]
 
@@ -128,6 +143,7 @@ def validate(options: dict[str, tf.Tensor], num_styles: tf.Tensor) -> Controls:
         preserve_colors=inputs.scalar(options["preserve_colors"], "preserve_colors"),
         init=inputs.choice(options["init"], "init", INITS),
         seed=inputs.scalar(options["seed"], "seed"),
+        optimizer=inputs.choice(options["optimizer"], "optimizer", OPTIMIZERS),
     )
 
 
@@ -158,9 +174,9 @@ def initial_image(content: tf.Tensor, first_style: Callable[[], tf.Tensor], cont
 class StyleTransfer(tf.Module):
     """Gatys et al. style transfer with the TF2 tutorial's objective and Adam, servable."""
 
-    def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]], precision: str = "float32"):
         super().__init__(name="style_transfer")
-        self.vgg = VGG19(weights)
+        self.vgg = VGG19(weights, precision)
 
     # ---- the algorithm: tensors in, tensors out --------------------------------------------
 
@@ -198,29 +214,40 @@ class StyleTransfer(tf.Module):
         tv = losses.tv_loss(image, weights["tv_weight"])
         return Losses(style + content + tv, style, content, tv)
 
-    def optimise(
-        self,
-        content: tf.Tensor,
-        targets: Targets,
-        steps: tf.Tensor,
-        controls: Controls,
-        state: tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor],
-    ) -> tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], Losses]:
-        """`steps` Adam steps on the image from `state` = (image, m, v, adam step).
+    def optimise(self, targets: Targets, steps: tf.Tensor, controls: Controls, state: State) -> tuple[State, Losses]:
+        """`steps` steps of the chosen optimiser from `state`; the new state and its losses.
 
-        Returns the new state and the losses of the final image.
+        Each optimiser carries its own part of the state and passes the other's on unchanged.
         """
 
-        def body(i, image, m, v, step):
+        def value_and_grad(image):
             with tf.GradientTape() as tape:
                 tape.watch(image)
                 loss = self.objective(image, targets, controls).loss
-            learning_rate = controls.weights["learning_rate"]
-            image, m, v, step = adam_step(image, tape.gradient(loss, image), m, v, step, learning_rate)
-            return i + 1, tf.clip_by_value(image, 0.0, 1.0), m, v, step
+            return loss, tape.gradient(loss, image)
 
-        _, *state = tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), *state))
-        return tuple(state), self.objective(state[0], targets, controls)
+        def adam() -> State:
+            def body(i, image, m, v, step):
+                _, grad = value_and_grad(image)
+                image, m, v, step = adam_step(image, grad, m, v, step, controls.weights["learning_rate"])
+                return i + 1, tf.clip_by_value(image, 0.0, 1.0), m, v, step
+
+            initial = (tf.constant(0), state.image, state.adam_m, state.adam_v, state.adam_step)
+            _, *carried = tf.while_loop(lambda i, *_: i < steps, body, initial)
+            return State(*carried, state.lbfgs_s, state.lbfgs_y)
+
+        def projected_lbfgs() -> State:
+            # lbfgs works on tensors shaped like the image: pairs [k, 1, H, W, 3].
+            start = lbfgs.start(state.image, value_and_grad, state.lbfgs_s[:, None], state.lbfgs_y[:, None])
+            _, end = tf.while_loop(
+                lambda i, _: i < steps, lambda i, s: (i + 1, lbfgs.step(s, value_and_grad)), (tf.constant(0), start)
+            )
+            s, y = lbfgs.history(end)
+            return State(end.x, state.adam_m, state.adam_v, state.adam_step, s[:, 0], y[:, 0])
+
+        use_lbfgs = tf.equal(controls.optimizer, OPTIMIZERS.index("lbfgs"))
+        state = State(*tf.cond(use_lbfgs, projected_lbfgs, adam))
+        return state, self.objective(state.image, targets, controls)
 
     # ---- signatures: validate, run, encode ---------------------------------------------------
 
@@ -235,22 +262,27 @@ class StyleTransfer(tf.Module):
         steps = inputs.int_in_range(steps, "steps", 0, MAX_STEPS)
         zeros = tf.zeros_like(content)
         start = initial_image(content, lambda: style_at(0), controls)
+        no_history = tf.zeros(tf.concat([[0], tf.shape(content)[1:]], 0))
         if state is None:
-            state = (start, zeros, zeros, tf.constant(0))
+            state = State(start, zeros, zeros, tf.constant(0), no_history, no_history)
         else:
-            image, m, v, step = state
-            state = (
-                inputs.optional_state(image, content, start, "image"),
-                inputs.optional_state(m, content, zeros, "adam_m"),
-                inputs.optional_state(v, content, zeros, "adam_v"),
-                inputs.int_in_range(step, "adam_step", 0, 2**30),
+            s = inputs.optional_history(state.lbfgs_s, content, lbfgs.HISTORY, "lbfgs_s")
+            y = inputs.optional_history(state.lbfgs_y, content, lbfgs.HISTORY, "lbfgs_y")
+            y = inputs.require(y, tf.equal(tf.shape(s)[0], tf.shape(y)[0]), "lbfgs_s and lbfgs_y must pair up")
+            state = State(
+                inputs.optional_state(state.image, content, start, "image"),
+                inputs.optional_state(state.adam_m, content, zeros, "adam_m"),
+                inputs.optional_state(state.adam_v, content, zeros, "adam_v"),
+                inputs.int_in_range(state.adam_step, "adam_step", 0, 2**30),
+                s,
+                y,
             )
         targets = self.targets(content, style_at, num_styles, controls)
-        (image, m, v, step), result = self.optimise(content, targets, steps, controls, state)
-        shown = tf.cond(controls.preserve_colors, lambda: colors.keep_colors(image, content), lambda: image)
+        state, result = self.optimise(targets, steps, controls, state)
+        shown = tf.cond(controls.preserve_colors, lambda: colors.keep_colors(state.image, content), lambda: state.image)
         png = tf.io.encode_png(tf.image.convert_image_dtype(shown[0], tf.uint8, saturate=True))
         outputs = {"image_bytes": png, **result._asdict()}
-        return outputs, (image, m, v, step)
+        return outputs, state
 
     def _decode(self, image: tf.Tensor, max_dim: tf.Tensor, name: str) -> tf.Tensor:
         max_dim = inputs.int_in_range(max_dim, "max_dim", MIN_SIDE, MAX_SIDE)
@@ -284,6 +316,7 @@ class StyleTransfer(tf.Module):
         pooling=_D["pooling"],
         style_layer_weights=_D["style_layer_weights"],
         content_layer=_D["content_layer"],
+        optimizer=_D["optimizer"],
     ):
         """Encoded content and style images in; the PNG of the result and its losses out.
 
@@ -309,6 +342,8 @@ class StyleTransfer(tf.Module):
             _PIXELS,
             _PIXELS,
             tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([None, None, None, 3], tf.float32),
+            tf.TensorSpec([None, None, None, 3], tf.float32),
         ]
     )
     def pixels(
@@ -329,31 +364,34 @@ class StyleTransfer(tf.Module):
         pooling=_D["pooling"],
         style_layer_weights=_D["style_layer_weights"],
         content_layer=_D["content_layer"],
+        optimizer=_D["optimizer"],
         image=_NO_STATE,
         adam_m=_NO_STATE,
         adam_v=_NO_STATE,
         adam_step=_ZERO,
+        lbfgs_s=_NO_HISTORY,
+        lbfgs_y=_NO_HISTORY,
     ):
         """Float pixels in and out, resumable: feed the state outputs back to continue a run.
 
         `style` is a batch [styles, H, W, 3]: style i fills the top-left `style_sizes[i]`
         (height, width) of it, the rest being padding; empty sizes (the default) mean every
-        style fills the batch. Empty `image`, `adam_m`, `adam_v` (the defaults) start a run
-        from the `init` image; the state outputs are the raw optimised image, before any
-        preserve_colors, which applies to `image_bytes` only.
+        style fills the batch. Empty state inputs (the defaults) start a run from the `init`
+        image; the state outputs (see State) are the raw optimised image, before any
+        preserve_colors, which applies to `image_bytes` only, and each optimiser's own state.
         """
         options = _options(locals())
         content = inputs.pixels(content, "content")
         style, sizes = inputs.style_batch(style, style_sizes, "style")
-        outputs, (image, m, v, step) = self._run(
+        outputs, state = self._run(
             content,
             lambda i: tf.ensure_shape(style[i : i + 1, : sizes[i, 0], : sizes[i, 1]], [1, None, None, 3]),
             tf.shape(style)[0],
             steps,
             options,
-            state=(image, adam_m, adam_v, adam_step),
+            state=State(image, adam_m, adam_v, adam_step, lbfgs_s, lbfgs_y),
         )
-        return {**outputs, "image": image, "adam_m": m, "adam_v": v, "adam_step": step}
+        return {**outputs, **state._asdict()}
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string), _spec("max_dim")])
     def decode(self, image, max_dim=_D["max_dim"]):

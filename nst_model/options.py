@@ -18,7 +18,9 @@ ADAM_BETA_1 = 0.99
 ADAM_BETA_2 = 0.999  # Keras's default, which the reference keeps.
 ADAM_EPSILON = 0.1
 
+PRECISIONS = ("float32", "bfloat16")  # of the VGG arithmetic, chosen at export (or by nst-stylize)
 INITS = ("content", "noise", "style")
+OPTIMIZERS = ("adam", "lbfgs")
 POOLINGS = ("max", "avg")
 # Noise init, as jcjohnson's and anishathalye's: Gaussian noise around VGG's mean colour (the zero
 # of its input space), its standard deviation a tenth of the content's (anishathalye's scale).
@@ -64,7 +66,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("style_weight", "float32", 1e-2, "weight of the style loss"),
     Option("content_weight", "float32", 1e4, "weight of the content loss"),
     Option("tv_weight", "float32", 1e8, "weight of the total-variation (smoothness) loss"),
-    Option("learning_rate", "float32", 0.02, "Adam learning rate"),
+    Option("learning_rate", "float32", 0.02, "Adam learning rate (L-BFGS chooses its own steps)"),
+    Option(
+        "optimizer",
+        "string",
+        "adam",
+        "adam as the reference, or lbfgs: projected L-BFGS, which needs far fewer steps (one step may take "
+        "more than one evaluation of the objective)",
+        choices=OPTIMIZERS,
+    ),
     Option(
         "style_scale",
         "float32",

@@ -76,7 +76,15 @@ class Stylizer:
             **{n: tf.constant(opts[n], tf.dtypes.as_dtype(BY_NAME[n].dtype)) for n in PIXELS_OPTIONS},
         }
         empty = tf.zeros([1, 0, 0, 3])
-        state = {"image": empty, "adam_m": empty, "adam_v": empty, "adam_step": tf.constant(0)}
+        no_history = tf.zeros([0, 0, 0, 3])
+        state = {
+            "image": empty,
+            "adam_m": empty,
+            "adam_v": empty,
+            "adam_step": tf.constant(0),
+            "lbfgs_s": no_history,
+            "lbfgs_y": no_history,
+        }
         chunk = chunk if chunk > 0 else max(steps, 1)
         done = 0
         with tqdm.tqdm(total=steps, unit="step", disable=not progress, dynamic_ncols=True) as bar:

@@ -14,6 +14,8 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from nst_model.options import PRECISIONS
+
 # Convolutions of VGG19 in order; "pool" marks a 2x2 max pooling.
 LAYERS = (
     "block1_conv1",
@@ -139,12 +141,24 @@ def load_weights(path: str | os.PathLike | None, last: str) -> tuple[dict, pathl
 
 
 class VGG19(tf.Module):
-    """VGG19 convolutions as variables; calling it maps images in [0, 1] to layer activations."""
+    """VGG19 convolutions as variables; calling it maps images in [0, 1] to layer activations.
 
-    def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]]):
+    `precision` is the arithmetic of the convolutions: bfloat16 runs several times faster on
+    CPUs with AMX or AVX512-BF16 (and on GPUs), while the activations come out as float32, so
+    the losses and the optimiser stay in float32.
+    """
+
+    def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]], precision: str = "float32"):
         super().__init__(name="vgg19")
-        self.kernels = {n: tf.Variable(k, trainable=False, name=f"{n}_kernel") for n, (k, _) in weights.items()}
-        self.biases = {n: tf.Variable(b, trainable=False, name=f"{n}_bias") for n, (_, b) in weights.items()}
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+        self.dtype = tf.dtypes.as_dtype(precision)
+        self.kernels = {
+            n: tf.Variable(tf.cast(k, self.dtype), trainable=False, name=f"{n}_kernel") for n, (k, _) in weights.items()
+        }
+        self.biases = {
+            n: tf.Variable(tf.cast(b, self.dtype), trainable=False, name=f"{n}_bias") for n, (_, b) in weights.items()
+        }
 
     def __call__(
         self, image: tf.Tensor, layers: tuple[str, ...], avg_pool: tf.Tensor | bool = False
@@ -154,7 +168,7 @@ class VGG19(tf.Module):
         `avg_pool` (a bool tensor) swaps the 2x2 max poolings for average poolings, as Gatys et al.
         suggest; one network serves both, the choice is made per request in the graph.
         """
-        x = tf.reverse(image * 255.0, axis=[-1]) - tf.constant(BGR_MEANS)
+        x = tf.cast(tf.reverse(image * 255.0, axis=[-1]) - tf.constant(BGR_MEANS), self.dtype)
         outputs, wanted = {}, set(layers)
         for name in LAYERS:
             if name == "pool":
@@ -162,7 +176,7 @@ class VGG19(tf.Module):
                 continue
             x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.kernels[name], 1, "SAME"), self.biases[name]))
             if name in wanted:
-                outputs[name] = x
+                outputs[name] = tf.cast(x, tf.float32)
                 if len(outputs) == len(wanted):
                     return outputs
         raise ValueError(f"unknown VGG19 layers: {sorted(wanted - set(outputs))}")
