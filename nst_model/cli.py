@@ -24,9 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--model", help="an exported SavedModel version folder to run instead, e.g. models/nst/1")
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
-        default="float32",
-        help="VGG arithmetic without --model: bfloat16 is several times faster on CPUs with AMX/AVX512-BF16",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="VGG arithmetic without --model; auto (default): bfloat16 where the CPU has AMX or AVX512-BF16 "
+        "or on a GPU, several times faster; else float32",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -37,14 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     from nst_model import runner
     from nst_model.model import StyleTransfer
     from nst_model.options import CONTENT_LAYER
-    from nst_model.vgg import WeightsError, load_weights
+    from nst_model.vgg import WeightsError, load_weights, resolve_precision
 
     try:
         if args.model:
             stylizer = runner.load(args.model)
         else:
             weights, _, _ = load_weights(args.weights, CONTENT_LAYER)
-            model = StyleTransfer(weights, args.precision)
+            model = StyleTransfer(weights, resolve_precision(args.precision))
             stylizer = runner.Stylizer(model.decode, model.pixels)
         result = stylizer.run(args.content, args.style, chunk=args.chunk, progress=not args.quiet, **from_flags(args))
     except (WeightsError, FileNotFoundError, OSError, ValueError) as e:

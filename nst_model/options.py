@@ -70,9 +70,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "optimizer",
         "string",
-        "adam",
-        "adam as the reference, or lbfgs: projected L-BFGS, which needs far fewer steps (one step may take "
-        "more than one evaluation of the objective)",
+        "lbfgs",
+        "lbfgs: projected L-BFGS, the fastest to a given quality (a step may evaluate the objective more than "
+        "once); adam: the reference's optimiser",
         choices=OPTIMIZERS,
     ),
     Option(

@@ -140,6 +140,19 @@ def load_weights(path: str | os.PathLike | None, last: str) -> tuple[dict, pathl
     return weights, path, sha256(path)
 
 
+def resolve_precision(precision: str) -> str:
+    """"auto": bfloat16 where it is fast (a GPU, or a CPU with AMX or AVX512-BF16), else float32."""
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "bfloat16"
+    try:
+        flags = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if " amx_bf16" in flags or " avx512_bf16" in flags else "float32"
+
+
 class VGG19(tf.Module):
     """VGG19 convolutions as variables; calling it maps images in [0, 1] to layer activations.
 

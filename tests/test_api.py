@@ -112,6 +112,8 @@ def test_cli_writes_serving_defaults_png_with_progress(tmp_path, weights_file, e
         "2",
         "--weights",
         str(weights_file),
+        "--precision",
+        "float32",  # as the exported model
     )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == expected
