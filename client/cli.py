@@ -1,0 +1,247 @@
+"""nst-client: style transfer on a TensorFlow Serving model server, with a progress bar.
+
+Server failures print the server's status code and message, and the exit code says what
+kind of failure it was (see EPILOG), so scripts can tell bad input from an outage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+import tqdm
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+from . import contract, errors, tensors
+from .errors import ClientError, InputError, ServerError
+from .grpc_client import NSTClient
+from .rest_client import RestClient
+
+COMMANDS = ("status", "signatures")
+EPILOG = f"""\
+commands:
+  nst-client [options] CONTENT STYLE [STYLE ...]   paint CONTENT in the style(s), write a PNG
+  nst-client [options] status                      the model's versions on the server, their state
+  nst-client [options] signatures                  the served signatures: inputs, defaults, outputs
+
+exit codes:
+  {errors.EXIT_OK}  success
+  {errors.EXIT_SERVER_ERROR}  the server failed the call (e.g. NOT_FOUND: no such model or version)
+  {errors.EXIT_BAD_INPUT}  bad input: usage, an unreadable image, or INVALID_ARGUMENT from the model
+  {errors.EXIT_UNREACHABLE}  no server at the address (UNAVAILABLE after the retries)
+  {errors.EXIT_DEADLINE}  a call ran past --timeout (DEADLINE_EXCEEDED)
+"""
+# Options with their own flags; every other model input is set with -O NAME=VALUE.
+OPTION_FLAGS = {
+    "steps": "optimisation steps",
+    "max_dim": "longest side, in pixels, both images are resized to",
+    "style_weight": "weight of the style loss",
+    "content_weight": "weight of the content loss",
+    "tv_weight": "weight of the total-variation (smoothness) loss",
+    "learning_rate": "Adam learning rate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nst-client",
+        usage="nst-client [options] (CONTENT STYLE [STYLE ...] | status | signatures)",
+        description="Neural style transfer on a TensorFlow Serving model server (gRPC, or REST with --rest).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("args", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("-o", "--output", default="stylized.png", help="output PNG (default stylized.png)")
+    parser.add_argument(
+        "--chunk", type=int, help=f"steps per call, with a progress bar (default {contract.DEFAULT_CHUNK}); 0: one call"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--server", default="localhost:8500", help="gRPC address, host:port (default %(default)s)")
+    server.add_argument(
+        "--rest", metavar="URL",
+        help="use the REST API at URL (e.g. http://localhost:8501) instead of gRPC: one call per run, no progress",
+    )
+    server.add_argument("--model-name", default="nst", help="model name on the server (default %(default)s)")
+    server.add_argument("--model-version", type=int, help="a specific model version (default: the newest served)")
+    server.add_argument(
+        "--timeout", type=float, default=600.0,
+        help="deadline of each call in seconds, after which the server stops it (default %(default)g; 0: none)",
+    )
+    server.add_argument(
+        "--connect-timeout", type=float, default=10.0,
+        help="seconds to wait for the gRPC server to accept a connection (default %(default)g)",
+    )
+    server.add_argument("--retries", type=int, default=3, help="retries of a call that fails UNAVAILABLE (default 3)")
+
+    model = parser.add_argument_group(
+        "model options",
+        "Left out, an option is not sent and the model's own default applies. Values are typed\n"
+        "from the served signature: `nst-client signatures` lists every option and its default.",
+    )
+    for name, help_text in OPTION_FLAGS.items():
+        model.add_argument("--" + name.replace("_", "-"), dest=name, help=f"{help_text} (default: the model's)")
+    model.add_argument(
+        "-O", "--option", action="append", default=[], metavar="NAME=VALUE",
+        help="any other input of the model, e.g. -O style_scale=1.5 -O init=noise -O preserve_colors=true "
+        "-O style_weights=0.7,0.3 (vectors: comma-separated)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with `command` set to "stylize", "status" or "signatures"."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.args) == 1 and args.args[0] in COMMANDS:
+        args.command = args.args[0]
+    elif len(args.args) >= 2:
+        args.command = "stylize"
+    else:
+        parser.error("expected CONTENT STYLE [STYLE ...], 'status' or 'signatures'")
+    args.options = {name: getattr(args, name) for name in OPTION_FLAGS}
+    for assignment in args.option:
+        name, equals, value = assignment.partition("=")
+        if not equals or not name:
+            parser.error(f"-O takes NAME=VALUE; got {assignment!r}")
+        if args.options.get(name) is not None:
+            parser.error(f"option {name} is given twice")
+        args.options[name] = value
+    if args.chunk is not None and args.chunk < 0:
+        parser.error("--chunk must be >= 0")
+    if args.rest and args.chunk:
+        parser.error("--chunk needs gRPC: over REST a run is one call")
+    if args.command == "stylize":
+        output = pathlib.Path(args.output)
+        if output.suffix.lower() != ".png":
+            parser.error("--output must end in .png: the model returns a PNG")
+        if not output.parent.is_dir():
+            parser.error(f"--output: no folder {output.parent}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    timeout = args.timeout or None
+    if args.rest:
+        client = RestClient(args.rest, model_name=args.model_name, version=args.model_version, timeout=timeout,
+                            retries=args.retries)
+    else:
+        client = NSTClient(args.server, model_name=args.model_name, version=args.model_version, timeout=timeout,
+                           connect_timeout=args.connect_timeout, retries=args.retries)
+    command = {"stylize": stylize, "status": print_status, "signatures": print_signatures}[args.command]
+    try:
+        command(client, args)
+    except ClientError as e:
+        hint = ""
+        if isinstance(e, ServerError) and e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            hint = f" (each call may take {args.timeout:g} s: raise --timeout, or lower --chunk)"
+        print(f"nst-client: error: {e}{hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("nst-client: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if isinstance(client, NSTClient):
+            client.close()
+    return errors.EXIT_OK
+
+
+def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
+    content, *styles = args.args
+    started = time.perf_counter()
+    if isinstance(client, RestClient):
+        result = client.run(content, styles, **args.options)
+    else:
+        chunk = contract.DEFAULT_CHUNK if args.chunk is None else args.chunk
+        with _ProgressBar(disable=args.quiet or chunk == 0) as bar:
+            result = client.run(content, styles, chunk=chunk, progress=bar, **args.options)
+    try:
+        pathlib.Path(args.output).write_bytes(result.png)
+    except OSError as e:
+        raise InputError(f"cannot write {args.output}: {e.strerror}") from None
+    if not args.quiet:
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+        version = f" by version {result.model_version}" if result.model_version is not None else ""
+        print(f"wrote {args.output} ({result.image.width}x{result.image.height}) in "
+              f"{time.perf_counter() - started:.1f} s{version}; {losses}", file=sys.stderr)
+
+
+def print_status(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
+    statuses = client.status()
+    print(f"model {client.model_name!r} at {args.rest or args.server}")
+    for status in statuses:
+        state = status.State.Name(status.state)
+        problem = status.status.error_message
+        print(f"  version {status.version}: {state}" + (f" ({problem})" if problem else ""))
+
+
+def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
+    version, signatures = client.signatures()
+    print(f"model {client.model_name!r} version {version} at {args.rest or args.server}")
+    for name in sorted(signatures):
+        signature = signatures[name]
+        print(f"signature {name!r}")
+        for direction, infos in (("in ", signature.inputs), ("out", signature.outputs)):
+            for alias in sorted(infos):
+                info = infos[alias]
+                dtype = types_pb2.DataType.Name(info.dtype)
+                shape = "?" if info.tensor_shape.unknown_rank else str([d.size for d in info.tensor_shape.dim])
+                note = ""
+                if direction == "in ":
+                    note = _default(signature.defaults[alias]) if alias in signature.defaults else "required"
+                print(f"  {direction} {alias:<15} {dtype:<10} {shape:<16} {note}".rstrip())
+
+
+def _default(proto: tensor_pb2.TensorProto) -> str:
+    try:
+        values = tensors.to_array(proto).ravel().tolist()
+    except TypeError:
+        return f"default: a {types_pb2.DataType.Name(proto.dtype)} tensor"
+    if not values:
+        return "default: empty"
+    return "default: " + " ".join(_shown(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
+
+
+class _ProgressBar:
+    """A tqdm bar fed by NSTClient's progress callback: steps done, loss and time left.
+
+    It appears at the first report, once the number of steps is known.
+    """
+
+    def __init__(self, disable: bool):
+        self.disable = disable
+        self.bar: tqdm.tqdm | None = None
+
+    def __call__(self, done: int, total: int, loss: float) -> None:
+        if self.bar is None:
+            self.bar = tqdm.tqdm(total=total, unit="step", disable=self.disable, dynamic_ncols=True, file=sys.stderr)
+        if math.isfinite(loss):
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""What the client relies on in the served model, and how option values become its inputs.
+
+The client names the signatures and the inputs it drives (images, steps) and nothing else.
+The optimiser state is whatever `pixels` returns that it also takes; every option is an input
+of the served `serving_default` signature,
+typed from that signature's dtype and rank (the server converts nothing: an int64 `steps`
+fails). New model options therefore need no client change, and an option left out (None) is
+not sent, so the model's own default applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import PIL.Image
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from .errors import InputError
+
+SERVING_DEFAULT = "serving_default"
+PIXELS = "pixels"  # float pixels and resumable optimiser state, for chunked runs
+DECODE = "decode"  # encoded image -> the exact pixels serving_default would optimise
+
+IMAGES = ("content", "style")
+LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
+DECODE_OPTIONS = ("max_dim",)  # options `decode` takes instead of `pixels`
+DEFAULT_CHUNK = 25
+
+_NUMPY = {
+    types_pb2.DT_FLOAT: np.float32,
+    types_pb2.DT_DOUBLE: np.float64,
+    types_pb2.DT_INT32: np.int32,
+    types_pb2.DT_INT64: np.int64,
+    types_pb2.DT_BOOL: np.bool_,
+    types_pb2.DT_STRING: object,
+}
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+_KINDS = {
+    types_pb2.DT_STRING: "a string",
+    types_pb2.DT_BOOL: "true or false",
+    types_pb2.DT_INT32: "an integer",
+    types_pb2.DT_INT64: "an integer",
+    types_pb2.DT_FLOAT: "a number",
+    types_pb2.DT_DOUBLE: "a number",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A finished run: the PNG the model encoded, its final losses, and the version that ran it
+    (None where the API does not say, as over REST)."""
+
+    png: bytes
+    losses: dict[str, float]
+    model_version: int | None
+
+    @property
+    def image(self) -> PIL.Image.Image:
+        return PIL.Image.open(io.BytesIO(self.png))
+
+
+def state_names(pixels: meta_graph_pb2.SignatureDef) -> list[str]:
+    """The resumable state of a run: the outputs of `pixels` that it also takes as inputs
+    (the image and the optimiser's moments or history), fed back call after call."""
+    return sorted(set(pixels.outputs) & set(pixels.inputs))
+
+
+def option_names(signature: meta_graph_pb2.SignatureDef) -> list[str]:
+    """The options a signature takes: its inputs other than the images."""
+    return sorted(set(signature.inputs) - set(IMAGES))
+
+
+def typed_options(options: Mapping[str, object], signature: meta_graph_pb2.SignatureDef) -> dict[str, np.ndarray]:
+    """The options that were given (not None), as arrays of the signature's dtype and rank.
+
+    Raises InputError for names the signature lacks and values its dtype cannot hold exactly.
+    """
+    known = option_names(signature)
+    values = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name not in known:
+            raise InputError(f"the model has no option {name!r}; it has: {', '.join(known)}")
+        values[name] = typed(name, value, signature.inputs[name])
+    return values
+
+
+def typed(name: str, value: object, info: meta_graph_pb2.TensorInfo) -> np.ndarray:
+    """`value` as the array the signature input `info` takes: a scalar, or a vector for rank 1.
+
+    Text for a non-string input is read as the command line writes it: "2", "true", and for
+    vectors comma-separated values ("1,0.5,0"; "" for none).
+    """
+    if info.dtype not in _NUMPY:
+        raise InputError(f"{name}: the client cannot send {types_pb2.DataType.Name(info.dtype)} inputs")
+    vector = not info.tensor_shape.unknown_rank and len(info.tensor_shape.dim) == 1
+    if isinstance(value, str) and info.dtype != types_pb2.DT_STRING:
+        value = _parse(name, value, info.dtype, vector)
+    if vector:
+        items = [value] if isinstance(value, str | bytes) or np.ndim(value) == 0 else list(np.ravel(value))
+        return np.array([_item(name, v, info.dtype) for v in items], _NUMPY[info.dtype]).reshape(-1)
+    if np.ndim(value) != 0:
+        raise InputError(f"{name} takes a single value; got {value!r}")
+    return np.array(_item(name, value, info.dtype), _NUMPY[info.dtype])
+
+
+def _parse(name: str, text: str, dtype: int, vector: bool) -> object:
+    parts = [p.strip() for p in text.split(",") if p.strip()] if vector else [text.strip()]
+    try:
+        if dtype == types_pb2.DT_BOOL:
+            parsed: list[object] = [_boolean(p) for p in parts]
+        elif dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):
+            parsed = [int(p) for p in parts]
+        else:
+            parsed = [float(p) for p in parts]
+    except ValueError:
+        raise InputError(f"{name} must be {_KINDS[dtype]}; got {text!r}") from None
+    return parsed if vector else parsed[0]
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def _item(name: str, value: object, dtype: int) -> object:
+    """One element, checked against the dtype: no silent truncation or wrap-around."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if dtype == types_pb2.DT_STRING:
+        if isinstance(value, str):
+            return value.encode()
+        if isinstance(value, bytes):
+            return value
+    elif dtype == types_pb2.DT_BOOL:
+        if isinstance(value, bool):
+            return value
+    elif dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):
+        if isinstance(value, int) and not isinstance(value, bool):
+            limits = np.iinfo(_NUMPY[dtype])
+            if not limits.min <= value <= limits.max:
+                raise InputError(f"{name} is out of the {np.dtype(_NUMPY[dtype]).name} range; got {value}")
+            return value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    raise InputError(f"{name} must be {_KINDS.get(dtype, 'a value')}; got {value!r}")
+
+
+def as_list(styles: object) -> list:
+    """One style image, or a list/tuple of them, as a list."""
+    return list(styles) if isinstance(styles, Sequence) and not isinstance(styles, str | bytes) else [styles]

@@ -1,0 +1,89 @@
+"""Errors the client raises, each with the exit code the command line uses for it.
+
+Server failures keep the server's status code and message, so an operator sees what
+tensorflow_model_server said rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1  # any other server status (NOT_FOUND, FAILED_PRECONDITION, INTERNAL, ...)
+EXIT_BAD_INPUT = 2  # usage errors, unreadable images, INVALID_ARGUMENT from the model
+EXIT_UNREACHABLE = 3  # no server at the address, or UNAVAILABLE after the retries
+EXIT_DEADLINE = 4  # the call ran past --timeout (DEADLINE_EXCEEDED)
+
+_EXIT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_BAD_INPUT,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_DEADLINE,
+}
+
+
+class ClientError(Exception):
+    """A failure worth one line to the user; `exit_code` is what nst-client exits with."""
+
+    exit_code = EXIT_SERVER_ERROR
+
+
+class InputError(ClientError, ValueError):
+    """A local input the client cannot send: a missing file, an unreadable image, a bad option."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ServerError(ClientError):
+    """A call the server (or the channel to it) failed, with its gRPC status code.
+
+    `message` is the server's message without TensorFlow's assertion decoration; `details`
+    keeps it whole.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self.code = code
+        self.details = details
+        self.message = clean_message(details)
+        super().__init__(f"{code.name}: {self.message}")
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES.get(self.code, EXIT_SERVER_ERROR)
+
+
+def clean_message(details: str) -> str:
+    """The first line of a server message, without TensorFlow's assertion brackets.
+
+    "assertion failed: [steps must be between 0 and 10000; got] [-1]\\n\\t [[{{node ...}}]]"
+    becomes "steps must be between 0 and 10000; got -1".
+    """
+    lines = details.strip().splitlines()
+    first = lines[0] if lines else ""
+    if first.startswith("assertion failed: "):
+        return first.removeprefix("assertion failed: ").replace("] [", " ").strip("[]")
+    return first
+
+
+def with_retries(call: Callable[[], T], retries: int) -> T:
+    """`call()`, retried with jittered exponential backoff while it fails with UNAVAILABLE.
+
+    Only UNAVAILABLE is retried (the server could not take the call: restarting, overloaded,
+    connection lost); runs are pure functions of their inputs, so sending one again is safe.
+    Any other error is final.
+    """
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except ServerError as e:
+            if e.code != grpc.StatusCode.UNAVAILABLE or attempt >= retries:
+                raise
+        time.sleep(min(0.25 * 2**attempt, 4.0) * random.uniform(0.8, 1.2))
+        attempt += 1

@@ -1,0 +1,63 @@
+"""numpy arrays to and from TensorProto, without TensorFlow's Python API.
+
+Requests carry numbers in `tensor_content` (raw little-endian bytes, the compact form);
+responses from tensorflow_model_server use the typed repeated fields (`float_val`, ...),
+so both are read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+# dtype enum -> (numpy dtype, repeated field the server fills)
+_TYPES: dict[int, tuple[np.dtype, str]] = {
+    types_pb2.DT_FLOAT: (np.dtype(np.float32), "float_val"),
+    types_pb2.DT_DOUBLE: (np.dtype(np.float64), "double_val"),
+    types_pb2.DT_INT32: (np.dtype(np.int32), "int_val"),
+    types_pb2.DT_INT16: (np.dtype(np.int16), "int_val"),
+    types_pb2.DT_INT8: (np.dtype(np.int8), "int_val"),
+    types_pb2.DT_UINT8: (np.dtype(np.uint8), "int_val"),
+    types_pb2.DT_INT64: (np.dtype(np.int64), "int64_val"),
+    types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val"),
+    types_pb2.DT_STRING: (np.dtype(object), "string_val"),
+}
+_ENUMS = {dtype: enum for enum, (dtype, _) in _TYPES.items() if dtype.kind != "O"}
+
+
+def to_proto(value: np.ndarray | bytes) -> tensor_pb2.TensorProto:
+    """A TensorProto of `value`'s own dtype: bytes become a DT_STRING scalar."""
+    if isinstance(value, bytes):
+        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[value])
+    array = np.asarray(value)
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape])
+    if array.dtype == object:
+        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=list(array.ravel()))
+    little = array.dtype.newbyteorder("<")
+    if little not in _ENUMS:
+        raise TypeError(f"no TensorProto dtype for numpy {array.dtype}")
+    return tensor_pb2.TensorProto(
+        dtype=_ENUMS[little], tensor_shape=shape, tensor_content=np.ascontiguousarray(array, little).tobytes()
+    )
+
+
+def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """The array a TensorProto holds, from `tensor_content` or its typed field.
+
+    As in TensorFlow, a typed field shorter than the shape is padded with its last value.
+    """
+    if proto.dtype not in _TYPES:
+        raise TypeError(f"unsupported tensor dtype {types_pb2.DataType.Name(proto.dtype)}")
+    dtype, field = _TYPES[proto.dtype]
+    shape = [d.size for d in proto.tensor_shape.dim]
+    count = int(np.prod(shape))
+    if proto.tensor_content:
+        if dtype.kind == "O":
+            raise TypeError("string tensors packed in tensor_content are not supported")
+        return np.frombuffer(proto.tensor_content, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    values = np.array(list(getattr(proto, field)) if dtype.kind == "O" else getattr(proto, field), dtype=dtype)
+    if 0 < values.size < count:
+        values = np.pad(values, (0, count - values.size), mode="edge")
+    elif values.size == 0:
+        values = np.zeros(count, dtype) if dtype.kind != "O" else np.full(count, b"", dtype)
+    return values.reshape(shape)

@@ -1,0 +1,396 @@
+"""nst-devserver: a stand-in for tensorflow_model_server, for development and tests only.
+
+It answers the gRPC API the real server offers for this model (PredictionService.Predict and
+GetModelMetadata, ModelService.GetModelStatus) and runs requests the way the real server does:
+every numeric version under the model folder loaded through the TF1 Session loader, each
+request run by the SignatureDef's tensor names with no dtype conversion or shape check, the
+gRPC deadline as the Session's run timeout, the warmup requests replayed at load, and the
+real server's status codes and messages (tensorflow_serving/servables/tensorflow/predict_util.cc,
+tensorflow/cc/saved_model/util.cc, model_servers/get_model_status_impl.cc). It is no
+substitute in production: no REST API, batching, version policy, model polling or metrics;
+use the tensorflow/serving image (Dockerfile.serving) there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from nst_model.session import DEFAULT_SIGNATURE, ServingSession
+
+WARMUP_FILE = pathlib.Path("assets.extra", "tf_serving_warmup_requests")  # the name the real server reads
+MESSAGE_LIMIT = 1024  # the real server truncates longer error messages (grpc_status_util.cc)
+T = TypeVar("T")
+GRPC_OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+# Output dtypes and the TensorProto field the real server fills for them (Tensor::AsProtoField).
+_PROTO_FIELDS = {
+    np.dtype(np.float32): "float_val",
+    np.dtype(np.float64): "double_val",
+    np.dtype(np.int32): "int_val",
+    np.dtype(np.int16): "int_val",
+    np.dtype(np.int8): "int_val",
+    np.dtype(np.uint8): "int_val",
+    np.dtype(np.int64): "int64_val",
+    np.dtype(np.bool_): "bool_val",
+    np.dtype(object): "string_val",
+}
+
+
+class ServingError(Exception):
+    """A failed call, with the status code and message the real server would return."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _join(names: Iterable[str]) -> str:
+    return ",".join(sorted(names))  # the server joins std::set<string>: sorted
+
+
+@dataclasses.dataclass
+class Model:
+    """One model name with its loaded versions; the newest serves requests that name none."""
+
+    name: str
+    versions: dict[int, ServingSession]
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, name: str | None = None) -> Model:
+        """Every numeric version folder under `model_dir`, as the server lays them out."""
+        model_dir = pathlib.Path(model_dir)
+        found = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        if not found:
+            raise FileNotFoundError(f"no version folders (1, 2, ...) with a SavedModel under {model_dir}")
+        return cls(name or model_dir.resolve().name, {v: ServingSession(model_dir / str(v)) for v in found})
+
+    def close(self) -> None:
+        for session in self.versions.values():
+            session.close()
+
+    def warm_up(self) -> int:
+        """Replay each version's warmup requests with no deadline, as the server does at load.
+
+        Any failure fails the load. Returns how many requests ran.
+        """
+        count = 0
+        for version, session in self.versions.items():
+            path = pathlib.Path(session.path, WARMUP_FILE)
+            if not path.exists():
+                continue
+            for record in tf.data.TFRecordDataset(str(path)):
+                log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+                if log.WhichOneof("log_type") != "predict_log":
+                    raise RuntimeError(f"{path}: only Predict warmup requests are supported here")
+                try:
+                    _run_predict(session, version, log.predict_log.request, timeout_ms=0)
+                except ServingError as e:
+                    raise RuntimeError(f"warmup of {self.name} version {version} failed: {e}") from None
+                count += 1
+        return count
+
+    # ---- the three calls -------------------------------------------------------------------
+
+    def predict(self, request: predict_pb2.PredictRequest, timeout_ms: int = 0) -> predict_pb2.PredictResponse:
+        """PredictionService.Predict; `timeout_ms` (0: none) bounds the Session run, as the deadline does."""
+        if not request.HasField("model_spec"):
+            raise _invalid("Missing ModelSpec")
+        version, session = self._servable(request.model_spec)
+        return _run_predict(session, version, request, timeout_ms)
+
+    def metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """PredictionService.GetModelMetadata: the SignatureDefs, the only metadata the server has."""
+        if not request.HasField("model_spec"):
+            raise _invalid("Missing ModelSpec")
+        if not request.metadata_field:
+            raise _invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise _invalid(f"Metadata field {field} is not supported")
+        version, session = self._servable(request.model_spec)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in session.meta_graph.signature_def.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=model_pb2.ModelSpec(name=self.name))
+        response.model_spec.version.value = version
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+    def status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        """ModelService.GetModelStatus: every loaded version is AVAILABLE (a failed load stops the server)."""
+        if not request.HasField("model_spec"):
+            raise _invalid("Missing ModelSpec")
+        spec = request.model_spec
+        if spec.HasField("version"):
+            if spec.name != self.name or spec.version.value not in self.versions:
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}"
+                )
+            versions = [spec.version.value]
+        elif spec.name != self.name:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
+        else:
+            versions = sorted(self.versions, reverse=True)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version in versions:
+            response.model_version_status.add(version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        return response
+
+    def _servable(self, spec: model_pb2.ModelSpec) -> tuple[int, ServingSession]:
+        """The version a ModelSpec asks for (server_core.cc, basic_manager.cc)."""
+        if not spec.name:
+            raise _invalid("ModelSpec has no name specified.")
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            raise _invalid(f"Unrecognized servable version label: {spec.version_label}")
+        version = spec.version.value if choice == "version" else max(self.versions)
+        if spec.name != self.name or version not in self.versions:
+            wanted = f"Specific({spec.name}, {version})" if choice == "version" else f"Latest({spec.name})"
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
+        return version, self.versions[version]
+
+
+def _run_predict(
+    session: ServingSession, version: int, request: predict_pb2.PredictRequest, timeout_ms: int
+) -> predict_pb2.PredictResponse:
+    """Predict on one loaded version, with the real server's checks (predict_util.cc RunPredict)."""
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    if name not in session.signatures:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+    signature = session.signatures[name]
+    feeds = _input_values(signature, request)
+    outputs = _output_aliases(signature, request.output_filter)
+    try:
+        values = session.run(name, feeds, outputs, timeout_ms=timeout_ms)
+    except tf.errors.OpError as e:
+        raise ServingError(_STATUS_CODES[e.error_code], e.message) from None
+    response = predict_pb2.PredictResponse(
+        model_spec=model_pb2.ModelSpec(name=request.model_spec.name, signature_name=name)
+    )
+    response.model_spec.version.value = version
+    for alias, value in values.items():
+        response.outputs[alias].CopyFrom(as_proto_field(value))
+    return response
+
+
+def _input_values(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+    """Request inputs, and signature defaults for the rest, exactly as the server admits them."""
+    given, expected = set(request.inputs), set(signature.inputs)
+    if len(given) > len(expected) or (len(given) < len(expected) and not signature.defaults):
+        raise _invalid(
+            f"input size does not match signature: {len(given)}!={len(expected)} len({{{_join(given)}}}) != "
+            f"len({{{_join(expected)}}}). Sent extra: {{{_join(given - expected)}}}. "
+            f"Missing but required: {{{_join(expected - given)}}}."
+        )
+    feeds = {}
+    for alias in sorted(expected):
+        if alias in given:
+            proto = request.inputs[alias]
+        elif alias in signature.defaults:
+            proto = signature.defaults[alias]
+        else:
+            raise _invalid(
+                f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not found in request "
+                f"and no default value provided. Inputs expected to be in the request {{{_join(given)}}}, "
+                f"or default input alias set: {_join(signature.defaults)}"
+            )
+        try:
+            feeds[alias] = _from_proto(proto)
+        except (TypeError, ValueError):
+            raise _invalid(f"tensor parsing error: {alias}") from None
+    if given - expected:
+        raise _invalid(
+            f"Inputs contains invalid name. Used request inputs: {_join(given & expected)}, "
+            f"request input: {_join(given)}"
+        )
+    return feeds
+
+
+def _from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """tf.make_ndarray, with a fast path for full `float_val` fields: the form the server's own
+    outputs take, which chunked clients send back (make_ndarray reads it value by value)."""
+    shape = [d.size for d in proto.tensor_shape.dim]
+    full = len(proto.float_val) == np.prod(shape) and not proto.tensor_content
+    if proto.dtype == tf.float32.as_datatype_enum and full:
+        return np.asarray(proto.float_val, np.float32).reshape(shape)
+    return tf.make_ndarray(proto)
+
+
+def _output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter: Iterable[str]) -> list[str] | None:
+    """The outputs to fetch: the filter if any, checked as the server checks it; None for all."""
+    aliases: list[str] = []
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise _invalid(
+                f"output tensor alias not found in signature: {alias} "
+                f"Outputs expected to be in the set {{{_join(signature.outputs)}}}."
+            )
+        if alias in aliases:
+            raise _invalid(f"duplicate output tensor alias: {alias}")
+        aliases.append(alias)
+    return aliases or None
+
+
+def as_proto_field(value: np.ndarray) -> tensor_pb2.TensorProto:
+    """An output as the real server sends it: values in the typed repeated field, not tensor_content."""
+    # A scalar string comes out of the Session as bytes; np.asarray would make it a fixed-width
+    # numpy string and drop trailing NUL bytes.
+    value = np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
+    field = _PROTO_FIELDS.get(value.dtype)
+    if field is None:
+        return tf.make_tensor_proto(value)
+    proto = tensor_pb2.TensorProto(
+        dtype=tf.as_dtype(value.dtype).as_datatype_enum, tensor_shape=tf.TensorShape(value.shape).as_proto()
+    )
+    getattr(proto, field).extend(value.ravel().tolist())
+    return proto
+
+
+# ---- gRPC --------------------------------------------------------------------------------------
+
+
+def _timeout_ms(context: grpc.ServicerContext) -> int:
+    """The call's deadline as a Session run timeout; 0 (none) when the client set no deadline."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 2**31 / 1000:
+        return 0
+    return max(1, int(remaining * 1000))  # an expired deadline still stops the run at once
+
+
+def _answer(context: grpc.ServicerContext, call: Callable[[], T]) -> T:
+    """`call()`'s response, or the call aborted with the ServingError's code and (truncated) message."""
+    try:
+        return call()
+    except ServingError as e:
+        message = e.message if len(e.message) <= MESSAGE_LIMIT else e.message[:MESSAGE_LIMIT] + "...TRUNCATED"
+        context.abort(e.code, message)
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        return _answer(context, lambda: self.model.predict(request, _timeout_ms(context)))
+
+    def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return _answer(context, lambda: self.model.metadata(request))
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService: GetModelStatus."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        return _answer(context, lambda: self.model.status(request))
+
+
+def serve(model: Model, host: str = "127.0.0.1", port: int = 8500, max_workers: int = 8) -> tuple[grpc.Server, int]:
+    """Start serving `model`; returns the server and its port (useful with port 0: any free one)."""
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="nst-devserver"), options=GRPC_OPTIONS
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise OSError(f"cannot listen on {address}: {e}") from None
+    server.start()
+    return server, bound
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nst-devserver",
+        description="Serve an exported model over TensorFlow Serving's gRPC API, for development and tests. "
+        "Not for production: use the tensorflow/serving image (Dockerfile.serving).",
+    )
+    parser.add_argument(
+        "--model-dir",
+        default="models/nst",
+        help="folder of numeric version folders, as --model_base_path (default models/nst)",
+    )
+    parser.add_argument("--model-name", help="name clients ask for, as --model_name (default: the folder's name)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)"
+    )
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0: any free port)")
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=4 * (os.cpu_count() or 1),
+        help="concurrent requests (default 4 per CPU, as --grpc_max_threads)",
+    )
+    args = parser.parse_args(argv)
+    if args.max_workers < 1:
+        parser.error("--max-workers must be at least 1")
+
+    try:
+        model = Model.load(args.model_dir, args.model_name)
+    except (OSError, tf.errors.OpError) as e:
+        parser.exit(2, f"nst-devserver: error: cannot load {args.model_dir}: {e}\n")
+    try:
+        warmed = model.warm_up()
+        server, port = serve(model, args.host, args.port, args.max_workers)
+    except (RuntimeError, OSError) as e:
+        model.close()
+        parser.exit(1, f"nst-devserver: error: {e}\n")
+    versions = ", ".join(str(v) for v in sorted(model.versions))
+    print(
+        f"nst-devserver: serving model {model.name!r} (versions {versions}; {warmed} warmup requests replayed) "
+        f"on {args.host}:{port}; a development stand-in for tensorflow_model_server",
+        flush=True,
+    )
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: server.stop(grace=5))
+    server.wait_for_termination()
+    model.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Fixtures for the serving tests: nst-devserver started once per session, and its model folder.
+
+Test modules load this with `pytest_plugins = ["serving_fixtures"]` (and import helpers from
+serving_helpers), so the server is one process for the whole session, whichever modules ask.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import select
+import subprocess
+
+import pytest
+from serving_helpers import SERVED_VERSIONS, quiet_env, script
+
+START_TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="session")
+def model_base(exported, tmp_path_factory) -> pathlib.Path:
+    """A model base folder `.../nst` holding versions 1 and 3, both the exported test model."""
+    base = tmp_path_factory.mktemp("served") / "nst"
+    base.mkdir()
+    for version in SERVED_VERSIONS:
+        (base / str(version)).symlink_to(exported, target_is_directory=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def devserver(model_base, tmp_path_factory) -> dict:
+    """nst-devserver on a free loopback port: {"address": "127.0.0.1:PORT", "banner": first line}."""
+    log = tmp_path_factory.mktemp("devserver") / "stderr.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [script("nst-devserver"), "--model-dir", str(model_base), "--port", "0"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=quiet_env(),
+        )
+    try:
+        banner = _first_line(process, START_TIMEOUT_S)
+        match = re.search(r" on (\S+):(\d+);", banner)
+        if not match:
+            pytest.fail(f"nst-devserver did not start: {banner!r}\n{log.read_text()[-3000:]}")
+        yield {"address": f"{match[1]}:{match[2]}", "banner": banner}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _first_line(process: subprocess.Popen, timeout_s: float) -> str:
+    """The server's first stdout line, printed once it listens; "" if it exits or stalls."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+    return process.stdout.readline() if ready else ""

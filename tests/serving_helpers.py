@@ -1,0 +1,44 @@
+"""Helpers shared by the serving tests (fixtures live in serving_fixtures.py)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nst_model.session import ServingSession
+
+SERVED_VERSIONS = (1, 3)  # two versions, so that "newest by default" and "the one asked for" differ
+
+
+def script(name: str) -> pathlib.Path:
+    """A console script installed next to this interpreter (pip install -e . puts them there)."""
+    path = pathlib.Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: install the project with `pip install -e .`")
+    return path
+
+
+def quiet_env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def serving_default(serving: ServingSession, content: bytes, style: bytes | list[bytes], **options: object) -> bytes:
+    """The in-process result: the PNG serving_default returns through the server's loader.
+
+    Options are converted to the signature's dtypes here, independently of the client; inputs
+    not given take the signature's defaults, fed as the server feeds them (so the Session
+    reuses one prepared graph for these calls and the server's).
+    """
+    signature = serving.signature("serving_default")
+    feeds = {name: tf.make_ndarray(value) for name, value in signature.defaults.items()}
+    feeds.update(content=np.array(content, object), style=np.array(style, object))
+    for name, value in options.items():
+        dtype = tf.dtypes.as_dtype(signature.inputs[name].dtype)
+        feeds[name] = np.array(value.encode() if isinstance(value, str) else value,
+                               object if dtype == tf.string else dtype.as_numpy_dtype)
+    return serving.run("serving_default", feeds)["image_bytes"]

@@ -1,0 +1,435 @@
+"""nst_client against nst-devserver on loopback: results, progress, concurrency, errors, exit codes.
+
+The end-to-end test runs both console scripts as subprocesses; the others call the client's
+Python API or `cli.main` in-process against the session's devserver.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.server
+import io
+import json
+import math
+import re
+import socket
+import subprocess
+import threading
+
+import grpc
+import numpy as np
+import PIL.Image
+import pytest
+import tensorflow as tf
+from conftest import make_image, png_bytes
+from google.protobuf import json_format
+from nst_client import NSTClient, RestClient, ServerError, cli, contract, errors, images, tensors
+from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from nst_model import images as model_images
+from nst_model.options import DEFAULTS
+
+pytest_plugins = ["serving_fixtures"]
+
+SMALL = {"max_dim": 32}  # every run here is tiny: 32 px, a few steps
+
+
+@pytest.fixture
+def client(devserver):
+    with NSTClient(devserver["address"], timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def image_files(tmp_path, content_png, style_png):
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    content.write_bytes(content_png)
+    style.write_bytes(style_png)
+    return content, style
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- results ------------------------------------------------------------------------------------
+
+
+def test_cli_end_to_end_writes_the_in_process_png(devserver, serving, image_files, tmp_path, content_png, style_png):
+    output = tmp_path / "out.png"
+    done = subprocess.run(
+        [script("nst-client"), "--server", devserver["address"], *image_files, "-o", output,
+         "--steps", "5", "--chunk", "2", "--max-dim", "32", "--style-weight", "0.05"],
+        capture_output=True, text=True, env=quiet_env(), timeout=300,
+    )
+    assert done.returncode == errors.EXIT_OK, done.stderr
+    expected = serving_default(serving, content_png, style_png, steps=5, max_dim=32, style_weight=0.05)
+    assert output.read_bytes() == expected
+    assert re.search(rf"wrote {re.escape(str(output))} \(32x22\) in [\d.]+ s by version {max(SERVED_VERSIONS)}",
+                     done.stderr)
+
+
+def test_chunked_run_equals_one_call_and_reports_progress(client, content_png, style_png):
+    reports = []
+    chunked = client.run(content_png, style_png, steps=5, chunk=2, progress=lambda *r: reports.append(r), **SMALL)
+    single = client.run(content_png, style_png, steps=5, chunk=0, **SMALL)
+    assert chunked.png == single.png
+    assert chunked.losses == single.losses
+    assert [(done, total) for done, total, _ in reports] == [(0, 5), (2, 5), (4, 5), (5, 5)]
+    assert math.isnan(reports[0][2]) and reports[-1][2] == single.losses["loss"]
+
+
+def test_stylize_takes_pil_images_and_arrays_and_returns_a_pil_image(client):
+    content, style = make_image(40, 56, seed=1), make_image(48, 48, seed=2)
+    image = client.stylize(PIL.Image.fromarray(np.uint8(content * 255)), style, steps=1, chunk=0, **SMALL)
+    assert isinstance(image, PIL.Image.Image) and image.size == (32, 22)
+
+
+def test_default_steps_come_from_the_served_signature(client):
+    assert client.default_steps() == DEFAULTS["steps"]
+
+
+def test_concurrent_requests_return_what_serial_requests_return(devserver):
+    inputs = [(png_bytes(make_image(40 + 4 * i, 56, seed=i)), png_bytes(make_image(48, 48, seed=100 + i)))
+              for i in range(8)]
+    chunks = [0, 2] * 4  # half single calls, half chunked runs that pass state back and forth
+    with NSTClient(devserver["address"], timeout=300) as client:
+        serial = [client.run(c, s, steps=4, chunk=0, **SMALL).png for c, s in inputs]
+        barrier = threading.Barrier(len(inputs))
+
+        def run(i: int) -> bytes:
+            barrier.wait()
+            return client.run(*inputs[i], steps=4, chunk=chunks[i], **SMALL).png
+
+        with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
+            concurrent_results = list(pool.map(run, range(len(inputs))))
+    assert len(set(serial)) == len(inputs)  # different inputs, different images
+    assert concurrent_results == serial
+
+
+def test_the_served_signatures_have_what_the_client_drives(serving):
+    """The client names only the images, steps, max_dim and the losses; the state it derives."""
+    default, pixels, decode = (serving.signature(n) for n in ("serving_default", "pixels", "decode"))
+    assert {"content", "style", "steps", "max_dim"} <= set(default.inputs)
+    assert {"image_bytes", *contract.LOSSES} <= set(default.outputs)
+    assert {"content", "style", "steps"} <= set(pixels.inputs)
+    assert {"image_bytes", *contract.LOSSES} <= set(pixels.outputs)
+    assert {"image", "adam_m", "adam_v", "adam_step"} <= set(contract.state_names(pixels))
+    assert {"image", *contract.DECODE_OPTIONS} <= set(decode.inputs)
+    # Every option serving_default takes, pixels takes too, except those decode takes instead.
+    assert set(contract.option_names(default)) - set(contract.DECODE_OPTIONS) <= set(pixels.inputs)
+
+
+def test_more_options_and_several_styles_chunked_equal_one_call(client, serving, content_png, style_png):
+    default, pixels = serving.signature("serving_default"), serving.signature("pixels")
+    wanted = {"style_scale": 1.5, "init": "noise", "seed": 3, "preserve_colors": True, "style_weights": [0.7, 0.3]}
+    options = {k: v for k, v in wanted.items() if k in default.inputs}
+    styles = [style_png, png_bytes(make_image(30, 50, seed=7))] if "style_sizes" in pixels.inputs else style_png
+    if not isinstance(styles, list):
+        options.pop("style_weights", None)
+    chunked = client.run(content_png, styles, steps=3, chunk=2, **SMALL, **options)
+    assert chunked.png == client.run(content_png, styles, steps=3, chunk=0, **SMALL, **options).png
+    assert chunked.png == serving_default(serving, content_png, styles, steps=3, **SMALL, **options)
+
+
+# ---- operators' commands -------------------------------------------------------------------------
+
+
+def test_status_and_signatures_commands(devserver, capsys):
+    code, out, _ = run_cli(capsys, "--server", devserver["address"], "status")
+    assert code == 0
+    assert "version 3: AVAILABLE" in out and "version 1: AVAILABLE" in out
+    code, out, _ = run_cli(capsys, "--server", devserver["address"], "--model-version", "1", "signatures")
+    assert code == 0
+    assert "model 'nst' version 1" in out
+    assert re.search(rf"in  steps +DT_INT32 +\[\] +default: {DEFAULTS['steps']}\n", out)
+    assert re.search(r"in  content +DT_STRING +\[\] +required\n", out)
+    assert "__saved_model_init_op" not in out
+
+
+# ---- errors and exit codes -----------------------------------------------------------------------
+
+
+def test_unreachable_server(capsys, image_files, tmp_path):
+    port = closed_port()
+    code, _, err = run_cli(capsys, "--server", f"127.0.0.1:{port}", "--connect-timeout", "1", "status")
+    assert code == errors.EXIT_UNREACHABLE
+    assert err == f"nst-client: error: UNAVAILABLE: cannot reach a model server at 127.0.0.1:{port} within 1 s; " \
+                  "is it running?\n"
+    code, _, err = run_cli(capsys, "--rest", f"http://127.0.0.1:{port}", "--retries", "0", *image_files)
+    assert code == errors.EXIT_UNREACHABLE
+    assert err.startswith(f"nst-client: error: UNAVAILABLE: cannot reach a model server at http://127.0.0.1:{port}")
+
+
+def test_only_unavailable_is_retried():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ServerError(grpc.StatusCode.UNAVAILABLE, "connection reset")
+        return "ok"
+
+    assert errors.with_retries(flaky, retries=2) == "ok"
+    calls.clear()
+    with pytest.raises(ServerError) as info:
+        errors.with_retries(flaky, retries=1)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and len(calls) == 2
+
+    def invalid():
+        calls.append(1)
+        raise ServerError(grpc.StatusCode.INVALID_ARGUMENT, "no")
+
+    calls.clear()
+    with pytest.raises(ServerError):
+        errors.with_retries(invalid, retries=3)
+    assert len(calls) == 1  # only UNAVAILABLE is retried
+
+
+def test_bad_images(devserver, capsys, image_files, tmp_path, content_png):
+    _, style = image_files
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    code, _, err = run_cli(capsys, "--server", devserver["address"], text, style)
+    assert code == errors.EXIT_BAD_INPUT
+    assert err == f"nst-client: error: content image {text} is not an image the client can read " \
+                  "(UnidentifiedImageError)\n"
+
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(content_png[:60])  # a PNG signature and header, then nothing: the server finds out
+    code, _, err = run_cli(capsys, "--server", devserver["address"], truncated, style, "--steps", "1")
+    assert code == errors.EXIT_BAD_INPUT
+    assert err.startswith("nst-client: error: INVALID_ARGUMENT: ") and "PNG" in err and "Traceback" not in err
+
+    code, _, err = run_cli(capsys, "--server", devserver["address"], tmp_path / "absent.png", style)
+    assert code == errors.EXIT_BAD_INPUT
+    assert "cannot read the content image" in err
+
+
+def test_invalid_options(devserver, capsys, image_files):
+    server = ("--server", devserver["address"])
+    code, _, err = run_cli(capsys, *server, *image_files, "--steps", "-1", "--max-dim", "32")
+    assert (code, err) == (errors.EXIT_BAD_INPUT,
+                           "nst-client: error: INVALID_ARGUMENT: steps must be between 0 and 10000; got -1\n")
+    code, _, err = run_cli(capsys, *server, *image_files, "--steps", "1.5")  # caught before sending
+    assert (code, err) == (errors.EXIT_BAD_INPUT, "nst-client: error: steps must be an integer; got '1.5'\n")
+    code, _, err = run_cli(capsys, *server, *image_files, "-O", "stepz=3")
+    assert code == errors.EXIT_BAD_INPUT
+    assert err.startswith("nst-client: error: the model has no option 'stepz'; it has: ") and "max_dim" in err
+
+
+def test_unknown_signature_model_and_version(client, devserver, capsys, content_png):
+    with pytest.raises(ServerError) as info:
+        client.predict("nope", {"image": content_png})
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert str(info.value) == 'FAILED_PRECONDITION: Serving signature key "nope" not found.'
+    assert info.value.exit_code == errors.EXIT_SERVER_ERROR
+    code, _, err = run_cli(capsys, "--server", devserver["address"], "--model-name", "other", "status")
+    assert (code, err) == (errors.EXIT_SERVER_ERROR,
+                           "nst-client: error: NOT_FOUND: Could not find any versions of model other\n")
+    code, _, err = run_cli(capsys, "--server", devserver["address"], "--model-version", "2", "signatures")
+    assert (code, err) == (errors.EXIT_SERVER_ERROR,
+                           "nst-client: error: NOT_FOUND: Servable not found for request: Specific(nst, 2)\n")
+
+
+def test_deadline_exceeded_then_the_server_answers_the_next_request(client, devserver, capsys, image_files):
+    code, _, err = run_cli(capsys, "--server", devserver["address"], *image_files, "--steps", "10000",
+                           "--chunk", "0", "--max-dim", "64", "--timeout", "0.5")
+    assert code == errors.EXIT_DEADLINE
+    assert err.startswith("nst-client: error: DEADLINE_EXCEEDED: ")
+    assert client.run(*image_files, steps=1, chunk=0, **SMALL).png.startswith(b"\x89PNG")
+
+
+def test_usage_errors_exit_2(capsys, image_files):
+    for argv in (["only-one.png"], [*image_files, "--chunk", "-1"], [*image_files, "-o", "out.jpg"],
+                 [*image_files, "--rest", "http://x", "--chunk", "5"], [*image_files, "-O", "steps"],
+                 [*image_files, "--steps", "3", "-O", "steps=4"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main([str(a) for a in argv])
+        assert info.value.code == errors.EXIT_BAD_INPUT, argv
+    capsys.readouterr()
+
+
+# ---- REST ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rest_gateway(devserver):
+    """A stand-in for the real server's REST port: the documented JSON, relayed to gRPC."""
+    channel = grpc.insecure_channel(devserver["address"], options=[("grpc.max_receive_message_length", -1)])
+    predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    http_codes = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
+                  grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self._answer(self._get)
+
+        def do_POST(self):
+            self._answer(self._predict)
+
+        def _answer(self, handle):
+            match = re.fullmatch(r"/v1/models/(\w+)(?:/versions/(\d+))?(/metadata|:predict)?", self.path)
+            spec = model_pb2.ModelSpec(name=match[1])
+            if match[2]:
+                spec.version.value = int(match[2])
+            try:
+                code, body = 200, handle(spec, match[3])
+            except grpc.RpcError as e:
+                code, body = http_codes.get(e.code(), 500), {"error": e.details()}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _get(self, spec, suffix):
+            if suffix == "/metadata":
+                response = predictions.GetModelMetadata(
+                    get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+                )
+                signatures = get_model_metadata_pb2.SignatureDefMap()
+                response.metadata["signature_def"].Unpack(signatures)
+                return {"model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
+                        "metadata": {"signature_def": json_format.MessageToDict(signatures,
+                                                                                preserving_proto_field_name=True)}}
+            request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
+            return json_format.MessageToDict(models.GetModelStatus(request))
+
+        def _predict(self, spec, _):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            spec.signature_name = body.get("signature_name", "")
+            request = predict_pb2.PredictRequest(model_spec=spec)
+            signature = self._signature(spec)
+            for name, value in body["inputs"].items():  # typed by the signature, as the real server does
+                if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+                    value = [base64.b64decode(v["b64"]) for v in value] if isinstance(value, list) else \
+                        base64.b64decode(value["b64"])
+                dtype = tf.dtypes.as_dtype(signature.inputs[name].dtype)
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype))
+            outputs = {}
+            for name, proto in predictions.Predict(request).outputs.items():
+                value = tf.make_ndarray(proto).item()
+                outputs[name] = {"b64": base64.b64encode(value).decode()} if name.endswith("_bytes") else value
+            return {"outputs": outputs}
+
+        def _signature(self, spec):
+            request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            predictions.GetModelMetadata(request).metadata["signature_def"].Unpack(signatures)
+            return signatures.signature_def[spec.signature_name or "serving_default"]
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    channel.close()
+
+
+def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content_png, style_png):
+    output = tmp_path / "rest.png"
+    code, _, err = run_cli(capsys, "--rest", rest_gateway, *image_files, "-o", output, "--steps", "3",
+                           "--max-dim", "32", "--style-weight", "0.05")
+    assert code == errors.EXIT_OK, err
+    assert output.read_bytes() == serving_default(serving, content_png, style_png, steps=3, max_dim=32,
+                                                  style_weight=0.05)
+
+    rest = RestClient(rest_gateway, version=1)
+    assert [(s.version, s.state) for s in rest.status()] == [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    version, signatures = rest.signatures()
+    assert version == 1 and {"serving_default", "pixels", "decode"} == set(signatures)
+    assert tensors.to_array(signatures["serving_default"].defaults["steps"]) == DEFAULTS["steps"]
+
+    code, _, err = run_cli(capsys, "--rest", rest_gateway, *image_files, "--steps", "-1", "--max-dim", "32")
+    assert (code, err) == (errors.EXIT_BAD_INPUT,
+                           "nst-client: error: INVALID_ARGUMENT: steps must be between 0 and 10000; got -1\n")
+
+
+# ---- pieces --------------------------------------------------------------------------------------
+
+
+def test_files_travel_as_they_are(tmp_path):
+    jpeg = tmp_path / "photo.jpg"
+    PIL.Image.fromarray(np.uint8(make_image(30, 40) * 255)).save(jpeg, quality=80)
+    assert images.encode(jpeg) == jpeg.read_bytes()
+    webp = tmp_path / "photo.webp"
+    PIL.Image.open(jpeg).save(webp, lossless=True)
+    converted = images.encode(webp)
+    assert converted.startswith(b"\x89PNG")  # a format the model cannot read becomes a lossless PNG
+    assert np.array_equal(np.asarray(PIL.Image.open(webp)), np.asarray(PIL.Image.open(io.BytesIO(converted))))
+
+
+def test_arrays_decode_to_the_same_pixels_as_in_process():
+    for array in (make_image(20, 30, seed=3), np.uint8(make_image(20, 30, seed=4) * 255)):
+        ours = tf.io.decode_png(images.encode(array), dtype=tf.uint16)
+        theirs = tf.io.decode_png(model_images.encode(array), dtype=tf.uint16)
+        assert np.array_equal(ours, theirs)
+
+
+def test_tensor_protos_round_trip():
+    for value in (np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3), np.array(7, np.int32), np.zeros([1, 0, 0, 3])):
+        proto = tensors.to_proto(value)
+        assert np.array_equal(tensors.to_array(proto), value) and tensors.to_array(proto).dtype == value.dtype
+        assert np.array_equal(tensors.to_array(proto), tf.make_ndarray(proto))
+    typed = tf.make_tensor_proto(np.arange(6, dtype=np.float32).reshape(2, 3))
+    typed.ClearField("tensor_content")
+    typed.float_val.extend([1.0, 2.0])  # shorter than the shape: TensorFlow repeats the last value
+    assert tensors.to_array(typed).tolist() == [[1, 2, 2], [2, 2, 2]]
+    assert tensors.to_array(tensors.to_proto(b"\x89PNG\x00")).item() == b"\x89PNG\x00"
+
+
+def test_options_are_typed_from_the_signature():
+    signature = meta_graph_pb2.SignatureDef()
+    for name, dtype, shape in (("content", tf.string, []), ("steps", tf.int32, []), ("weight", tf.float32, []),
+                               ("flag", tf.bool, []), ("init", tf.string, []), ("blend", tf.float32, [None])):
+        signature.inputs[name].dtype = dtype.as_datatype_enum
+        signature.inputs[name].tensor_shape.CopyFrom(tf.TensorShape(shape).as_proto())
+    assert contract.option_names(signature) == ["blend", "flag", "init", "steps", "weight"]
+    typed = contract.typed_options(
+        {"steps": 3, "weight": 1, "flag": True, "init": "noise", "blend": [0.7, 0.3], "absent": None}, signature
+    )
+    assert {k: (v.dtype, v.shape) for k, v in typed.items()} == {
+        "steps": (np.int32, ()), "weight": (np.float32, ()), "flag": (np.bool_, ()), "init": (object, ()),
+        "blend": (np.float32, (2,)),
+    }
+    assert typed["init"].item() == b"noise"
+    from_text = contract.typed_options({"steps": "3", "flag": "yes", "blend": "0.5, 0.25", "weight": "1e-2"},
+                                       signature)
+    assert (from_text["steps"], from_text["flag"], list(from_text["blend"])) == (3, True, [0.5, 0.25])
+    assert from_text["steps"].dtype == np.int32 and from_text["weight"] == np.float32(0.01)
+    for bad in ({"steps": 1.5}, {"steps": True}, {"steps": 2**31}, {"steps": "x"}, {"weight": ""},
+                {"flag": 1}, {"flag": "maybe"}, {"init": 3}, {"weight": [1, 2]}, {"content": b""}, {"stepz": 1}):
+        with pytest.raises(errors.InputError):
+            contract.typed_options(bad, signature)
+
+
+def test_server_messages_lose_tensorflows_decoration():
+    details = "assertion failed: [max_dim must be between 16 and 2048; got] [8]\n\t [[{{node Assert_3/Assert}}]]"
+    assert errors.clean_message(details) == "max_dim must be between 16 and 2048; got 8"
+    assert errors.clean_message('Serving signature key "x" not found.') == 'Serving signature key "x" not found.'
+    assert ServerError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded").exit_code == errors.EXIT_DEADLINE

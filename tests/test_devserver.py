@@ -1,0 +1,269 @@
+"""nst-devserver answers like tensorflow_model_server: results, versions, errors and messages.
+
+Most checks go over gRPC to the session's devserver (a subprocess); the deadline check and
+a few others drive the same code in-process with the `serving` fixture's Session.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from nst_export.exporter import read_warmup
+from serving_helpers import SERVED_VERSIONS, serving_default
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from nst_model import devserver as ds
+from nst_model.options import DEFAULTS
+
+pytest_plugins = ["serving_fixtures"]
+
+NEWEST = max(SERVED_VERSIONS)
+
+
+@pytest.fixture(scope="module")
+def channel(devserver):
+    with grpc.insecure_channel(devserver["address"], options=ds.GRPC_OPTIONS) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def predictions(channel):
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def models(channel):
+    return model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+def request(signature: str = "", name: str = "nst", version: int | None = None, output_filter=(), **inputs):
+    spec = model_pb2.ModelSpec(name=name, signature_name=signature)
+    if version is not None:
+        spec.version.value = version
+    req = predict_pb2.PredictRequest(model_spec=spec, output_filter=list(output_filter))
+    for key, value in inputs.items():
+        req.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return req
+
+
+def small(content_png: bytes, style_png: bytes, steps: int = 2) -> dict:
+    return {"content": content_png, "style": style_png, "steps": np.int32(steps), "max_dim": np.int32(32)}
+
+
+def fails(call, req) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(req, timeout=60)
+    return info.value
+
+
+# ---- Predict ------------------------------------------------------------------------------------
+
+
+def test_predict_returns_what_the_server_loader_computes(predictions, serving, content_png, style_png):
+    response = predictions.Predict(request(**small(content_png, style_png)), timeout=60)
+    expected = serving_default(serving, content_png, style_png, steps=2, max_dim=32)
+    assert tf.make_ndarray(response.outputs["image_bytes"]).item() == expected
+    assert response.model_spec.name == "nst"
+    assert response.model_spec.signature_name == "serving_default"  # "" means serving_default
+    assert response.model_spec.version.value == NEWEST
+    assert set(response.outputs) == set(serving.signature("serving_default").outputs)
+    # Like the real server (Tensor::AsProtoField): values in the typed fields, not tensor_content.
+    assert len(response.outputs["loss"].float_val) == 1
+    assert not response.outputs["loss"].tensor_content
+
+
+def test_a_requested_version_serves_and_an_absent_one_is_not_found(predictions, content_png):
+    req = request("decode", version=1, image=content_png, max_dim=np.int32(16))
+    assert predictions.Predict(req, timeout=60).model_spec.version.value == 1
+    error = fails(predictions.Predict, request("decode", version=2, image=content_png))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "Servable not found for request: Specific(nst, 2)"
+    error = fails(predictions.Predict, request("decode", name="other", image=content_png))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "Servable not found for request: Latest(other)"
+
+
+def test_model_spec_errors(predictions, content_png):
+    error = fails(predictions.Predict, predict_pb2.PredictRequest())
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    error = fails(predictions.Predict, request("decode", name="", image=content_png))
+    assert error.details() == "ModelSpec has no name specified."
+    req = request("decode", image=content_png)
+    req.model_spec.version_label = "stable"
+    error = fails(predictions.Predict, req)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: stable"
+    )
+
+
+def test_unknown_signature_fails_precondition(predictions, content_png):
+    error = fails(predictions.Predict, request("nope", image=content_png))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == 'Serving signature key "nope" not found.'
+
+
+def test_omitted_inputs_take_the_signature_defaults(predictions, content_png):
+    response = predictions.Predict(request("decode", image=content_png), timeout=60)
+    assert max(tf.make_ndarray(response.outputs["pixels"]).shape[1:3]) == DEFAULTS["max_dim"]
+
+
+def test_missing_and_extra_inputs(predictions, serving, content_png, style_png):
+    signature = serving.signature("serving_default")
+    error = fails(predictions.Predict, request(style=style_png))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"Signature input alias: content(feed name: {signature.inputs['content'].name}) not found in request and "
+        "no default value provided. Inputs expected to be in the request {style}, or default input alias set: "
+        + ",".join(sorted(signature.defaults))
+    )
+    error = fails(predictions.Predict, request(content=content_png, style=style_png, bogus=np.int32(1)))
+    assert error.details() == (
+        "Inputs contains invalid name. Used request inputs: content,style, request input: bogus,content,style"
+    )
+    too_many = {f"x{i}": np.int32(i) for i in range(len(signature.inputs) + 1)}
+    error = fails(predictions.Predict, request(**too_many))
+    assert error.details().startswith(f"input size does not match signature: {len(too_many)}!={len(signature.inputs)} ")
+    assert error.details().endswith("Missing but required: {" + ",".join(sorted(signature.inputs)) + "}.")
+
+
+def test_dtypes_are_not_converted(predictions, content_png, style_png):
+    error = fails(predictions.Predict, request(**{**small(content_png, style_png), "steps": np.int64(2)}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "to be int32 but int64 is provided" in error.details()
+
+
+def test_graph_errors_keep_their_code_and_message(predictions, content_png, style_png):
+    error = fails(predictions.Predict, request(**small(content_png, style_png, steps=-1)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("assertion failed: [steps must be between 0 and 10000; got] [-1]")
+
+
+def test_output_filter(predictions, serving, content_png, style_png):
+    response = predictions.Predict(request(output_filter=["loss"], **small(content_png, style_png)), timeout=60)
+    assert set(response.outputs) == {"loss"}
+    error = fails(predictions.Predict, request(output_filter=["nope"], **small(content_png, style_png)))
+    outputs = ",".join(sorted(serving.signature("serving_default").outputs))
+    assert error.details() == (
+        f"output tensor alias not found in signature: nope Outputs expected to be in the set {{{outputs}}}."
+    )
+    error = fails(predictions.Predict, request(output_filter=["loss", "loss"], **small(content_png, style_png)))
+    assert error.details() == "duplicate output tensor alias: loss"
+
+
+# ---- metadata and status -------------------------------------------------------------------------
+
+
+def test_model_metadata(predictions):
+    req = get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=model_pb2.ModelSpec(name="nst"), metadata_field=["signature_def"]
+    )
+    response = predictions.GetModelMetadata(req, timeout=60)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    assert {"serving_default", "pixels", "decode"} <= set(signatures.signature_def)
+    assert response.model_spec.version.value == NEWEST
+    del req.metadata_field[:]
+    assert fails(predictions.GetModelMetadata, req).details() == (
+        "GetModelMetadataRequest must specify at least one metadata_field"
+    )
+    req.metadata_field.append("labels")
+    assert fails(predictions.GetModelMetadata, req).details() == "Metadata field labels is not supported"
+
+
+def test_model_status(models):
+    def status(**spec):
+        return models.GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(**spec)), timeout=60
+        )
+
+    response = status(name="nst")
+    assert [(s.version, s.state) for s in response.model_version_status] == [
+        (v, get_model_status_pb2.ModelVersionStatus.AVAILABLE) for v in sorted(SERVED_VERSIONS, reverse=True)
+    ]
+    assert [s.version for s in status(name="nst", version={"value": 1}).model_version_status] == [1]
+    with pytest.raises(grpc.RpcError) as info:
+        status(name="nst", version={"value": 2})
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.NOT_FOUND, "Could not find version 2 of model nst"
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        status(name="other")
+    assert info.value.details() == "Could not find any versions of model other"
+
+
+def test_binds_loopback_and_replays_the_warmup_requests(devserver, exported):
+    assert devserver["address"].startswith("127.0.0.1:")
+    warmup = len(read_warmup(exported / "assets.extra" / "tf_serving_warmup_requests"))
+    assert warmup > 0
+    assert f"(versions 1, 3; {2 * warmup} warmup requests replayed)" in devserver["banner"]
+
+
+# ---- in-process: deadline, warmup, loading, message limits ---------------------------------------
+
+
+def test_the_deadline_stops_the_run_in_the_server(serving, content_png, style_png):
+    model = ds.Model("nst", {1: serving})
+    long_run = request(**small(content_png, style_png, steps=10_000))
+    with pytest.raises(ds.ServingError) as info:
+        model.predict(long_run, timeout_ms=300)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    response = model.predict(request(**small(content_png, style_png)), timeout_ms=60_000)
+    assert response.outputs["image_bytes"].string_val
+
+
+def test_load_takes_numeric_folders_and_the_folder_name(exported, tmp_path):
+    base = tmp_path / "painter"
+    base.mkdir()
+    with pytest.raises(FileNotFoundError, match="no version folders"):
+        ds.Model.load(base)
+    (base / "2").symlink_to(exported, target_is_directory=True)
+    (base / ".3-staging").mkdir()  # an export in progress: the server ignores non-numeric names
+    model = ds.Model.load(base)
+    try:
+        assert (model.name, list(model.versions)) == ("painter", [2])
+    finally:
+        model.close()
+    with pytest.raises(SystemExit) as info:
+        ds.main(["--model-dir", str(tmp_path / "absent")])
+    assert info.value.code == 2
+
+
+def test_long_messages_are_truncated_like_the_server():
+    class Context:
+        def abort(self, code, message):
+            raise grpc.RpcError(code, message)
+
+    def fail():
+        raise ds.ServingError(grpc.StatusCode.INTERNAL, "x" * 2000)
+
+    with pytest.raises(grpc.RpcError) as info:
+        ds._answer(Context(), fail)
+    code, message = info.value.args
+    assert code == grpc.StatusCode.INTERNAL
+    assert message == "x" * 1024 + "...TRUNCATED"
+
+
+def test_outputs_use_the_typed_proto_fields():
+    proto = ds.as_proto_field(np.arange(6, dtype=np.float32).reshape(1, 2, 3))
+    assert list(proto.float_val) == [0, 1, 2, 3, 4, 5] and not proto.tensor_content
+    assert tf.make_ndarray(proto).shape == (1, 2, 3)
+    assert ds.as_proto_field(np.array(b"png", object)).string_val == [b"png"]
+    assert tf.make_ndarray(ds.as_proto_field(np.array(7, np.int32))) == 7
+
+
+def test_inputs_read_both_tensor_forms():
+    values = np.arange(24, dtype=np.float32).reshape(1, 2, 4, 3)
+    typed = ds.as_proto_field(values)  # float_val, as outputs go out and chunked clients send them back
+    for proto in (typed, tf.make_tensor_proto(values)):  # and tensor_content
+        assert np.array_equal(ds._from_proto(proto), values)
+    assert ds._from_proto(tf.make_tensor_proto(np.array(b"png", object))) == b"png"
