@@ -215,7 +215,7 @@ def test_bad_styles_are_invalid_argument(serving):
     for sizes, message in (
         (np.int32([[20, 20]]), "style_sizes must be empty or shaped \\[styles, 2\\]"),
         (np.int32([[20, 20], [21, 20]]), "style_sizes must be between 1 and the batch height and width"),
-        (np.int64([[20, 20], [20, 20]]), ""),
+        (np.int64([[20, 20], [20, 20]]), "to be int32 but int64 is provided"),
     ):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             serving.run("pixels", {**pixels, "style_sizes": sizes, "steps": np.int32(1)})
