@@ -66,17 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     server = parser.add_argument_group("server")
     server.add_argument("--server", default="localhost:8500", help="gRPC address, host:port (default %(default)s)")
     server.add_argument(
-        "--rest", metavar="URL",
+        "--rest",
+        metavar="URL",
         help="use the REST API at URL (e.g. http://localhost:8501) instead of gRPC: one call per run, no progress",
     )
     server.add_argument("--model-name", default="nst", help="model name on the server (default %(default)s)")
     server.add_argument("--model-version", type=int, help="a specific model version (default: the newest served)")
     server.add_argument(
-        "--timeout", type=float, default=600.0,
+        "--timeout",
+        type=float,
+        default=600.0,
         help="deadline of each call in seconds, after which the server stops it (default %(default)g; 0: none)",
     )
     server.add_argument(
-        "--connect-timeout", type=float, default=10.0,
+        "--connect-timeout",
+        type=float,
+        default=10.0,
         help="seconds to wait for the gRPC server to accept a connection (default %(default)g)",
     )
     server.add_argument("--retries", type=int, default=3, help="retries of a call that fails UNAVAILABLE (default 3)")
@@ -89,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in OPTION_FLAGS.items():
         model.add_argument("--" + name.replace("_", "-"), dest=name, help=f"{help_text} (default: the model's)")
     model.add_argument(
-        "-O", "--option", action="append", default=[], metavar="NAME=VALUE",
+        "-O",
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="any other input of the model, e.g. -O style_scale=1.5 -O init=noise -O preserve_colors=true "
         "-O style_weights=0.7,0.3 (vectors: comma-separated)",
     )
@@ -131,11 +140,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     timeout = args.timeout or None
     if args.rest:
-        client = RestClient(args.rest, model_name=args.model_name, version=args.model_version, timeout=timeout,
-                            retries=args.retries)
+        client = RestClient(
+            args.rest, model_name=args.model_name, version=args.model_version, timeout=timeout, retries=args.retries
+        )
     else:
-        client = NSTClient(args.server, model_name=args.model_name, version=args.model_version, timeout=timeout,
-                           connect_timeout=args.connect_timeout, retries=args.retries)
+        client = NSTClient(
+            args.server,
+            model_name=args.model_name,
+            version=args.model_version,
+            timeout=timeout,
+            connect_timeout=args.connect_timeout,
+            retries=args.retries,
+        )
     command = {"stylize": stylize, "status": print_status, "signatures": print_signatures}[args.command]
     try:
         command(client, args)
@@ -170,8 +186,11 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
     if not args.quiet:
         losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
         version = f" by version {result.model_version}" if result.model_version is not None else ""
-        print(f"wrote {args.output} ({result.image.width}x{result.image.height}) in "
-              f"{time.perf_counter() - started:.1f} s{version}; {losses}", file=sys.stderr)
+        print(
+            f"wrote {args.output} ({result.image.width}x{result.image.height}) in "
+            f"{time.perf_counter() - started:.1f} s{version}; {losses}",
+            file=sys.stderr,
+        )
 
 
 def print_status(client: NSTClient | RestClient, args: argparse.Namespace) -> None:

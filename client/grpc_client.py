@@ -142,8 +142,9 @@ class NSTClient:
 
         def decode(image: bytes) -> tensor_pb2.TensorProto:
             nonlocal version
-            response = self._predict(contract.DECODE, {"image": tensors.to_proto(image), **decode_options},
-                                     version=version)
+            response = self._predict(
+                contract.DECODE, {"image": tensors.to_proto(image), **decode_options}, version=version
+            )
             version = response.model_spec.version.value  # every call of the run uses this version
             return response.outputs["pixels"]
 
@@ -161,9 +162,7 @@ class NSTClient:
             # per server process), so chunks fetch everything, as the warmup requests did; the last
             # call leaves out the state, which can be tens of MB.
             wanted = ["image_bytes", *contract.LOSSES] if last else ()
-            response = self._predict(
-                contract.PIXELS, {**feeds, **state, "steps": steps_proto}, wanted, version=version
-            )
+            response = self._predict(contract.PIXELS, {**feeds, **state, "steps": steps_proto}, wanted, version=version)
             done += todo
             if progress:
                 progress(done, steps, float(tensors.to_array(response.outputs["loss"])))
@@ -184,8 +183,9 @@ class NSTClient:
             _, signatures = self.signatures()
             missing = {contract.SERVING_DEFAULT, contract.PIXELS, contract.DECODE} - set(signatures)
             if missing:
-                raise ClientError(f"model {self.model_name!r} lacks the signatures {sorted(missing)}: "
-                                  "is it an nst-export model?")
+                raise ClientError(
+                    f"model {self.model_name!r} lacks the signatures {sorted(missing)}: is it an nst-export model?"
+                )
             self._signature_cache = signatures
         return self._signature_cache
 
@@ -279,8 +279,9 @@ def _style_batch(styles: list[tensor_pb2.TensorProto]) -> dict[str, tensor_pb2.T
     arrays = [tensors.to_array(s) for s in styles]
     sizes = [a.shape[1:3] for a in arrays]
     height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-    batch = np.concatenate([np.pad(a, [(0, 0), (0, height - h), (0, width - w), (0, 0)])
-                            for a, (h, w) in zip(arrays, sizes, strict=True)])
+    batch = np.concatenate(
+        [np.pad(a, [(0, 0), (0, height - h), (0, width - w), (0, 0)]) for a, (h, w) in zip(arrays, sizes, strict=True)]
+    )
     return {"style": tensors.to_proto(batch), "style_sizes": tensors.to_proto(np.array(sizes, np.int32))}
 
 

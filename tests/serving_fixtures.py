@@ -34,7 +34,10 @@ def devserver(model_base, tmp_path_factory) -> dict:
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [script("nst-devserver"), "--model-dir", str(model_base), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, env=quiet_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=quiet_env(),
         )
     try:
         banner = _first_line(process, START_TIMEOUT_S)

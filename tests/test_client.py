@@ -76,15 +76,33 @@ def closed_port() -> int:
 def test_cli_end_to_end_writes_the_in_process_png(devserver, serving, image_files, tmp_path, content_png, style_png):
     output = tmp_path / "out.png"
     done = subprocess.run(
-        [script("nst-client"), "--server", devserver["address"], *image_files, "-o", output,
-         "--steps", "5", "--chunk", "2", "--max-dim", "32", "--style-weight", "0.05"],
-        capture_output=True, text=True, env=quiet_env(), timeout=300,
+        [
+            script("nst-client"),
+            "--server",
+            devserver["address"],
+            *image_files,
+            "-o",
+            output,
+            "--steps",
+            "5",
+            "--chunk",
+            "2",
+            "--max-dim",
+            "32",
+            "--style-weight",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        env=quiet_env(),
+        timeout=300,
     )
     assert done.returncode == errors.EXIT_OK, done.stderr
     expected = serving_default(serving, content_png, style_png, steps=5, max_dim=32, style_weight=0.05)
     assert output.read_bytes() == expected
-    assert re.search(rf"wrote {re.escape(str(output))} \(32x22\) in [\d.]+ s by version {max(SERVED_VERSIONS)}",
-                     done.stderr)
+    assert re.search(
+        rf"wrote {re.escape(str(output))} \(32x22\) in [\d.]+ s by version {max(SERVED_VERSIONS)}", done.stderr
+    )
 
 
 def test_chunked_run_equals_one_call_and_reports_progress(client, content_png, style_png):
@@ -108,8 +126,9 @@ def test_default_steps_come_from_the_served_signature(client):
 
 
 def test_concurrent_requests_return_what_serial_requests_return(devserver):
-    inputs = [(png_bytes(make_image(40 + 4 * i, 56, seed=i)), png_bytes(make_image(48, 48, seed=100 + i)))
-              for i in range(8)]
+    inputs = [
+        (png_bytes(make_image(40 + 4 * i, 56, seed=i)), png_bytes(make_image(48, 48, seed=100 + i))) for i in range(8)
+    ]
     chunks = [0, 2] * 4  # half single calls, half chunked runs that pass state back and forth
     with NSTClient(devserver["address"], timeout=300) as client:
         serial = [client.run(c, s, steps=4, chunk=0, **SMALL).png for c, s in inputs]
@@ -172,8 +191,10 @@ def test_unreachable_server(capsys, image_files, tmp_path):
     port = closed_port()
     code, _, err = run_cli(capsys, "--server", f"127.0.0.1:{port}", "--connect-timeout", "1", "status")
     assert code == errors.EXIT_UNREACHABLE
-    assert err == f"nst-client: error: UNAVAILABLE: cannot reach a model server at 127.0.0.1:{port} within 1 s; " \
-                  "is it running?\n"
+    assert (
+        err == f"nst-client: error: UNAVAILABLE: cannot reach a model server at 127.0.0.1:{port} within 1 s; "
+        "is it running?\n"
+    )
     code, _, err = run_cli(capsys, "--rest", f"http://127.0.0.1:{port}", "--retries", "0", *image_files)
     assert code == errors.EXIT_UNREACHABLE
     assert err.startswith(f"nst-client: error: UNAVAILABLE: cannot reach a model server at http://127.0.0.1:{port}")
@@ -210,8 +231,9 @@ def test_bad_images(devserver, capsys, image_files, tmp_path, content_png):
     text.write_text("not an image")
     code, _, err = run_cli(capsys, "--server", devserver["address"], text, style)
     assert code == errors.EXIT_BAD_INPUT
-    assert err == f"nst-client: error: content image {text} is not an image the client can read " \
-                  "(UnidentifiedImageError)\n"
+    assert (
+        err == f"nst-client: error: content image {text} is not an image the client can read (UnidentifiedImageError)\n"
+    )
 
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(content_png[:60])  # a PNG signature and header, then nothing: the server finds out
@@ -227,8 +249,10 @@ def test_bad_images(devserver, capsys, image_files, tmp_path, content_png):
 def test_invalid_options(devserver, capsys, image_files):
     server = ("--server", devserver["address"])
     code, _, err = run_cli(capsys, *server, *image_files, "--steps", "-1", "--max-dim", "32")
-    assert (code, err) == (errors.EXIT_BAD_INPUT,
-                           "nst-client: error: INVALID_ARGUMENT: steps must be between 0 and 10000; got -1\n")
+    assert (code, err) == (
+        errors.EXIT_BAD_INPUT,
+        "nst-client: error: INVALID_ARGUMENT: steps must be between 0 and 10000; got -1\n",
+    )
     code, _, err = run_cli(capsys, *server, *image_files, "--steps", "1.5")  # caught before sending
     assert (code, err) == (errors.EXIT_BAD_INPUT, "nst-client: error: steps must be an integer; got '1.5'\n")
     code, _, err = run_cli(capsys, *server, *image_files, "-O", "stepz=3")
@@ -243,25 +267,46 @@ def test_unknown_signature_model_and_version(client, devserver, capsys, content_
     assert str(info.value) == 'FAILED_PRECONDITION: Serving signature key "nope" not found.'
     assert info.value.exit_code == errors.EXIT_SERVER_ERROR
     code, _, err = run_cli(capsys, "--server", devserver["address"], "--model-name", "other", "status")
-    assert (code, err) == (errors.EXIT_SERVER_ERROR,
-                           "nst-client: error: NOT_FOUND: Could not find any versions of model other\n")
+    assert (code, err) == (
+        errors.EXIT_SERVER_ERROR,
+        "nst-client: error: NOT_FOUND: Could not find any versions of model other\n",
+    )
     code, _, err = run_cli(capsys, "--server", devserver["address"], "--model-version", "2", "signatures")
-    assert (code, err) == (errors.EXIT_SERVER_ERROR,
-                           "nst-client: error: NOT_FOUND: Servable not found for request: Specific(nst, 2)\n")
+    assert (code, err) == (
+        errors.EXIT_SERVER_ERROR,
+        "nst-client: error: NOT_FOUND: Servable not found for request: Specific(nst, 2)\n",
+    )
 
 
 def test_deadline_exceeded_then_the_server_answers_the_next_request(client, devserver, capsys, image_files):
-    code, _, err = run_cli(capsys, "--server", devserver["address"], *image_files, "--steps", "10000",
-                           "--chunk", "0", "--max-dim", "64", "--timeout", "0.5")
+    code, _, err = run_cli(
+        capsys,
+        "--server",
+        devserver["address"],
+        *image_files,
+        "--steps",
+        "10000",
+        "--chunk",
+        "0",
+        "--max-dim",
+        "64",
+        "--timeout",
+        "0.5",
+    )
     assert code == errors.EXIT_DEADLINE
     assert err.startswith("nst-client: error: DEADLINE_EXCEEDED: ")
     assert client.run(*image_files, steps=1, chunk=0, **SMALL).png.startswith(b"\x89PNG")
 
 
 def test_usage_errors_exit_2(capsys, image_files):
-    for argv in (["only-one.png"], [*image_files, "--chunk", "-1"], [*image_files, "-o", "out.jpg"],
-                 [*image_files, "--rest", "http://x", "--chunk", "5"], [*image_files, "-O", "steps"],
-                 [*image_files, "--steps", "3", "-O", "steps=4"]):
+    for argv in (
+        ["only-one.png"],
+        [*image_files, "--chunk", "-1"],
+        [*image_files, "-o", "out.jpg"],
+        [*image_files, "--rest", "http://x", "--chunk", "5"],
+        [*image_files, "-O", "steps"],
+        [*image_files, "--steps", "3", "-O", "steps=4"],
+    ):
         with pytest.raises(SystemExit) as info:
             cli.main([str(a) for a in argv])
         assert info.value.code == errors.EXIT_BAD_INPUT, argv
@@ -277,8 +322,12 @@ def rest_gateway(devserver):
     channel = grpc.insecure_channel(devserver["address"], options=[("grpc.max_receive_message_length", -1)])
     predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     models = model_service_pb2_grpc.ModelServiceStub(channel)
-    http_codes = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
-                  grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.DEADLINE_EXCEEDED: 504}
+    http_codes = {
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.FAILED_PRECONDITION: 400,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    }
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -310,9 +359,12 @@ def rest_gateway(devserver):
                 )
                 signatures = get_model_metadata_pb2.SignatureDefMap()
                 response.metadata["signature_def"].Unpack(signatures)
-                return {"model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
-                        "metadata": {"signature_def": json_format.MessageToDict(signatures,
-                                                                                preserving_proto_field_name=True)}}
+                return {
+                    "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
+                    "metadata": {
+                        "signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)
+                    },
+                }
             request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
             return json_format.MessageToDict(models.GetModelStatus(request))
 
@@ -323,8 +375,11 @@ def rest_gateway(devserver):
             signature = self._signature(spec)
             for name, value in body["inputs"].items():  # typed by the signature, as the real server does
                 if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
-                    value = [base64.b64decode(v["b64"]) for v in value] if isinstance(value, list) else \
-                        base64.b64decode(value["b64"])
+                    value = (
+                        [base64.b64decode(v["b64"]) for v in value]
+                        if isinstance(value, list)
+                        else base64.b64decode(value["b64"])
+                    )
                 dtype = tf.dtypes.as_dtype(signature.inputs[name].dtype)
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype))
             outputs = {}
@@ -353,11 +408,24 @@ def rest_gateway(devserver):
 
 def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content_png, style_png):
     output = tmp_path / "rest.png"
-    code, _, err = run_cli(capsys, "--rest", rest_gateway, *image_files, "-o", output, "--steps", "3",
-                           "--max-dim", "32", "--style-weight", "0.05")
+    code, _, err = run_cli(
+        capsys,
+        "--rest",
+        rest_gateway,
+        *image_files,
+        "-o",
+        output,
+        "--steps",
+        "3",
+        "--max-dim",
+        "32",
+        "--style-weight",
+        "0.05",
+    )
     assert code == errors.EXIT_OK, err
-    assert output.read_bytes() == serving_default(serving, content_png, style_png, steps=3, max_dim=32,
-                                                  style_weight=0.05)
+    assert output.read_bytes() == serving_default(
+        serving, content_png, style_png, steps=3, max_dim=32, style_weight=0.05
+    )
 
     rest = RestClient(rest_gateway, version=1)
     assert [(s.version, s.state) for s in rest.status()] == [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
@@ -366,8 +434,10 @@ def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content
     assert tensors.to_array(signatures["serving_default"].defaults["steps"]) == DEFAULTS["steps"]
 
     code, _, err = run_cli(capsys, "--rest", rest_gateway, *image_files, "--steps", "-1", "--max-dim", "32")
-    assert (code, err) == (errors.EXIT_BAD_INPUT,
-                           "nst-client: error: INVALID_ARGUMENT: steps must be between 0 and 10000; got -1\n")
+    assert (code, err) == (
+        errors.EXIT_BAD_INPUT,
+        "nst-client: error: INVALID_ARGUMENT: steps must be between 0 and 10000; got -1\n",
+    )
 
 
 # ---- pieces --------------------------------------------------------------------------------------
@@ -405,8 +475,14 @@ def test_tensor_protos_round_trip():
 
 def test_options_are_typed_from_the_signature():
     signature = meta_graph_pb2.SignatureDef()
-    for name, dtype, shape in (("content", tf.string, []), ("steps", tf.int32, []), ("weight", tf.float32, []),
-                               ("flag", tf.bool, []), ("init", tf.string, []), ("blend", tf.float32, [None])):
+    for name, dtype, shape in (
+        ("content", tf.string, []),
+        ("steps", tf.int32, []),
+        ("weight", tf.float32, []),
+        ("flag", tf.bool, []),
+        ("init", tf.string, []),
+        ("blend", tf.float32, [None]),
+    ):
         signature.inputs[name].dtype = dtype.as_datatype_enum
         signature.inputs[name].tensor_shape.CopyFrom(tf.TensorShape(shape).as_proto())
     assert contract.option_names(signature) == ["blend", "flag", "init", "steps", "weight"]
@@ -414,16 +490,29 @@ def test_options_are_typed_from_the_signature():
         {"steps": 3, "weight": 1, "flag": True, "init": "noise", "blend": [0.7, 0.3], "absent": None}, signature
     )
     assert {k: (v.dtype, v.shape) for k, v in typed.items()} == {
-        "steps": (np.int32, ()), "weight": (np.float32, ()), "flag": (np.bool_, ()), "init": (object, ()),
+        "steps": (np.int32, ()),
+        "weight": (np.float32, ()),
+        "flag": (np.bool_, ()),
+        "init": (object, ()),
         "blend": (np.float32, (2,)),
     }
     assert typed["init"].item() == b"noise"
-    from_text = contract.typed_options({"steps": "3", "flag": "yes", "blend": "0.5, 0.25", "weight": "1e-2"},
-                                       signature)
+    from_text = contract.typed_options({"steps": "3", "flag": "yes", "blend": "0.5, 0.25", "weight": "1e-2"}, signature)
     assert (from_text["steps"], from_text["flag"], list(from_text["blend"])) == (3, True, [0.5, 0.25])
     assert from_text["steps"].dtype == np.int32 and from_text["weight"] == np.float32(0.01)
-    for bad in ({"steps": 1.5}, {"steps": True}, {"steps": 2**31}, {"steps": "x"}, {"weight": ""},
-                {"flag": 1}, {"flag": "maybe"}, {"init": 3}, {"weight": [1, 2]}, {"content": b""}, {"stepz": 1}):
+    for bad in (
+        {"steps": 1.5},
+        {"steps": True},
+        {"steps": 2**31},
+        {"steps": "x"},
+        {"weight": ""},
+        {"flag": 1},
+        {"flag": "maybe"},
+        {"init": 3},
+        {"weight": [1, 2]},
+        {"content": b""},
+        {"stepz": 1},
+    ):
         with pytest.raises(errors.InputError):
             contract.typed_options(bad, signature)
 

@@ -102,7 +102,8 @@ def test_model_spec_errors(predictions, content_png):
     req.model_spec.version_label = "stable"
     error = fails(predictions.Predict, req)
     assert (error.code(), error.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: stable"
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Unrecognized servable version label: stable",
     )
 
 
@@ -194,7 +195,8 @@ def test_model_status(models):
     with pytest.raises(grpc.RpcError) as info:
         status(name="nst", version={"value": 2})
     assert (info.value.code(), info.value.details()) == (
-        grpc.StatusCode.NOT_FOUND, "Could not find version 2 of model nst"
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find version 2 of model nst",
     )
     with pytest.raises(grpc.RpcError) as info:
         status(name="other")
