@@ -35,6 +35,7 @@ exit codes:
   {errors.EXIT_BAD_INPUT}  bad input: usage, an unreadable image, or INVALID_ARGUMENT from the model
   {errors.EXIT_UNREACHABLE}  no server at the address (UNAVAILABLE after the retries)
   {errors.EXIT_DEADLINE}  a call ran past --timeout (DEADLINE_EXCEEDED)
+  {errors.EXIT_INTERRUPTED}  interrupted (Ctrl-C): the call in flight is cancelled
 """
 # Options with their own flags; every other model input is set with -O NAME=VALUE.
 OPTION_FLAGS = {
@@ -84,7 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait for the gRPC server to accept a connection (default %(default)g)",
     )
-    server.add_argument("--retries", type=int, default=3, help="retries of a call that fails UNAVAILABLE (default 3)")
+    server.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries, with backoff, of a call the server did not run: UNAVAILABLE or RESOURCE_EXHAUSTED (default 3)",
+    )
+
+    tls = parser.add_argument_group("TLS (gRPC; default: plaintext)")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's root certificates")
+    tls.add_argument("--ca-file", metavar="PEM", help="connect with TLS, trusting the CA certificates in this file")
+    tls.add_argument("--client-cert", metavar="PEM", help="client certificate, for servers that require one (mTLS)")
+    tls.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
 
     model = parser.add_argument_group(
         "model options",
@@ -125,6 +137,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.options[name] = value
     if args.chunk is not None and args.chunk < 0:
         parser.error("--chunk must be >= 0")
+    if args.rest and (args.tls or args.ca_file or args.client_cert or args.client_key):
+        parser.error("--tls, --ca-file and client certificates are for gRPC; over REST use an https:// URL")
     if args.rest and args.chunk:
         parser.error("--chunk needs gRPC: over REST a run is one call")
     if args.command == "stylize":
@@ -138,22 +152,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    timeout = args.timeout or None
-    if args.rest:
-        client = RestClient(
-            args.rest, model_name=args.model_name, version=args.model_version, timeout=timeout, retries=args.retries
-        )
-    else:
-        client = NSTClient(
-            args.server,
-            model_name=args.model_name,
-            version=args.model_version,
-            timeout=timeout,
-            connect_timeout=args.connect_timeout,
-            retries=args.retries,
-        )
     command = {"stylize": stylize, "status": print_status, "signatures": print_signatures}[args.command]
+    client = None
     try:
+        client = make_client(args)
         command(client, args)
     except ClientError as e:
         hint = ""
@@ -162,12 +164,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nst-client: error: {e}{hint}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("nst-client: interrupted", file=sys.stderr)
-        return 130
+        # A Session run cannot be stopped midway, by this client or by the server.
+        print(
+            "nst-client: interrupted; the call in flight is cancelled, but the server finishes the chunk it is "
+            "running (with --chunk 0, the whole run, unless --timeout ends it first)",
+            file=sys.stderr,
+        )
+        return errors.EXIT_INTERRUPTED
     finally:
         if isinstance(client, NSTClient):
             client.close()
     return errors.EXIT_OK
+
+
+def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
+    timeout = args.timeout or None
+    if args.rest:
+        return RestClient(
+            args.rest, model_name=args.model_name, version=args.model_version, timeout=timeout, retries=args.retries
+        )
+    return NSTClient(
+        args.server,
+        model_name=args.model_name,
+        version=args.model_version,
+        timeout=timeout,
+        connect_timeout=args.connect_timeout,
+        retries=args.retries,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+    )
 
 
 def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:

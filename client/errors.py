@@ -20,6 +20,7 @@ EXIT_SERVER_ERROR = 1  # any other server status (NOT_FOUND, FAILED_PRECONDITION
 EXIT_BAD_INPUT = 2  # usage errors, unreadable images, INVALID_ARGUMENT from the model
 EXIT_UNREACHABLE = 3  # no server at the address, or UNAVAILABLE after the retries
 EXIT_DEADLINE = 4  # the call ran past --timeout (DEADLINE_EXCEEDED)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 _EXIT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: EXIT_BAD_INPUT,
@@ -71,19 +72,22 @@ def clean_message(details: str) -> str:
     return first
 
 
-def with_retries(call: Callable[[], T], retries: int) -> T:
-    """`call()`, retried with jittered exponential backoff while it fails with UNAVAILABLE.
+# Codes that say the server could not take the call now: unreachable (restarting, connection lost)
+# or out of capacity (RESOURCE_EXHAUSTED: its threads or queue are full, or, from TensorFlow, memory
+# ran out). Runs are pure functions of their inputs, so sending one again is safe; INVALID_ARGUMENT
+# and DEADLINE_EXCEEDED would only fail again.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
-    Only UNAVAILABLE is retried (the server could not take the call: restarting, overloaded,
-    connection lost); runs are pure functions of their inputs, so sending one again is safe.
-    Any other error is final.
-    """
+
+def with_retries(call: Callable[[], T], retries: int) -> T:
+    """`call()`, retried up to `retries` times with jittered exponential backoff (0.25 s doubling,
+    at most 4 s) while it fails with a RETRYABLE code; any other error is final."""
     attempt = 0
     while True:
         try:
             return call()
         except ServerError as e:
-            if e.code != grpc.StatusCode.UNAVAILABLE or attempt >= retries:
+            if e.code not in RETRYABLE or attempt >= retries:
                 raise
         time.sleep(min(0.25 * 2**attempt, 4.0) * random.uniform(0.8, 1.2))
         attempt += 1

@@ -8,6 +8,9 @@ give the same PNG, because the state is the model's whole loop carry.
 from __future__ import annotations
 
 import math
+import os
+import pathlib
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,6 +37,7 @@ from .images import ImageLike, encode
 
 # The server accepts messages up to 2 GiB; gRPC's Python default receive limit is 4 MiB.
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))
+PROBE_TIMEOUT_S = 2.0  # how long the call that asks why a channel cannot connect may take
 Progress = Callable[[int, int, float], None]  # (steps done, total steps, loss; NaN before the first chunk)
 
 
@@ -42,9 +46,12 @@ class NSTClient:
 
     `timeout` is the deadline of each call in seconds (None: no deadline); the server stops
     the run when it passes. The first call waits up to `connect_timeout` seconds for the
-    server; a call that then fails with UNAVAILABLE is retried `retries` times with backoff
-    (runs are pure functions of their inputs, so a retry is safe). Pass `channel` to use your
-    own, e.g. with TLS credentials.
+    server; a call that then fails with UNAVAILABLE or RESOURCE_EXHAUSTED is retried `retries`
+    times with backoff (runs are pure functions of their inputs, so a retry is safe).
+
+    TLS: `tls=True` trusts the system's root certificates, `ca_file` (implies TLS) a PEM file of
+    CA certificates instead; `client_cert` and `client_key` (PEM) add a client certificate for
+    servers that require one. Or pass your own `channel`.
 
     The served signatures are fetched once, at the first run: they type the options sent.
     A client is safe to share between threads.
@@ -59,6 +66,10 @@ class NSTClient:
         timeout: float | None = 600.0,
         connect_timeout: float = 10.0,
         retries: int = 3,
+        tls: bool = False,
+        ca_file: str | os.PathLike | None = None,
+        client_cert: str | os.PathLike | None = None,
+        client_key: str | os.PathLike | None = None,
         channel: grpc.Channel | None = None,
     ):
         self.server = server
@@ -67,7 +78,11 @@ class NSTClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
-        self._channel = channel or grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+        self.tls = tls or any(path is not None for path in (ca_file, client_cert, client_key))
+        if channel is None:
+            credentials = _credentials(ca_file, client_cert, client_key) if self.tls else None
+            channel = _channel(server, credentials)
+        self._channel = channel
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._ready = threading.Event()
@@ -247,14 +262,18 @@ class NSTClient:
         return self._call(self._predictions.Predict, request)
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: message.Message) -> Any:
-        """`method(request)` with the deadline; UNAVAILABLE is retried, other errors raise ServerError."""
+        """`method(request)` with the deadline; RETRYABLE codes are retried, other errors raise ServerError."""
         self._wait_until_ready()
 
         def invoke() -> Any:
+            call = method.future(request, timeout=self.timeout)
             try:
-                return method(request, timeout=self.timeout)
+                return call.result()
             except grpc.RpcError as e:
                 raise ServerError(e.code(), e.details() or "") from None
+            except KeyboardInterrupt:
+                call.cancel()  # the server drops the call; a Session run already started ends on its own
+                raise
 
         return with_retries(invoke, self.retries)
 
@@ -264,11 +283,62 @@ class NSTClient:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout)
         except grpc.FutureTimeoutError:
-            raise ServerError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"cannot reach a model server at {self.server} within {self.connect_timeout:g} s; is it running?",
-            ) from None
+            reason = self._connection_error()
+            if reason is not None:
+                raise ServerError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"cannot reach a model server at {self.server} within {self.connect_timeout:g} s: "
+                    f"{reason}; {_hint(reason, self.tls)}",
+                ) from None
         self._ready.set()
+
+    def _connection_error(self) -> str | None:
+        """Why the channel cannot connect, from one call that does not wait for it; None if it can now."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec())
+        try:
+            self._models.GetModelStatus(request, timeout=PROBE_TIMEOUT_S)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "no answer"
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                # "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:8500: Socket closed"
+                return re.sub(r"^.*last error: \w+: \S+: ", "", e.details() or "no answer")
+        return None  # the server answered, if only to refuse the call: it is there
+
+
+def _credentials(
+    ca_file: str | os.PathLike | None, cert: str | os.PathLike | None, key: str | os.PathLike | None
+) -> grpc.ChannelCredentials:
+    """TLS credentials: the system's roots unless `ca_file`, and a client certificate if given."""
+    if (cert is None) != (key is None):
+        raise InputError("a client certificate needs its key, and a key its certificate: give both or neither")
+    pem = {}
+    for name, path in (("root_certificates", ca_file), ("certificate_chain", cert), ("private_key", key)):
+        if path is not None:
+            try:
+                pem[name] = pathlib.Path(path).read_bytes()
+            except OSError as e:
+                raise InputError(f"cannot read the TLS file {path}: {e.strerror}") from None
+    return grpc.ssl_channel_credentials(**pem)
+
+
+def _channel(server: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS)
+
+
+def _hint(reason: str, tls: bool) -> str:
+    """What to try, for the usual reasons a channel does not connect."""
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        return "the server's certificate is not signed by a CA this client trusts: pass that CA with --ca-file"
+    if "WRONG_VERSION_NUMBER" in reason:
+        return "the server does not speak TLS: drop --tls and --ca-file"
+    if "Socket closed" in reason and tls:
+        return "if the server requires a client certificate, pass one it trusts with --client-cert and --client-key"
+    if "Socket closed" in reason:
+        return "if the server uses TLS, pass --tls or --ca-file"
+    return "is it running?"
 
 
 def _style_batch(styles: list[tensor_pb2.TensorProto]) -> dict[str, tensor_pb2.TensorProto]:

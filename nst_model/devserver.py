@@ -9,18 +9,26 @@ real server's status codes and messages (tensorflow_serving/servables/tensorflow
 tensorflow/cc/saved_model/util.cc, model_servers/get_model_status_impl.cc). It is no
 substitute in production: no REST API, batching, version policy, model polling or metrics;
 use the tensorflow/serving image (Dockerfile.serving) there.
+
+Unlike the real server it bounds how many Predict calls run at once (`--max-concurrent`) and
+how many wait for a turn (`--max-queue`), refusing the rest with RESOURCE_EXHAUSTED: each run
+takes every core and holds its activations, so a development machine is better off saying
+"later" than swapping.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import pathlib
 import signal
 import sys
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -45,6 +53,7 @@ MESSAGE_LIMIT = 1024  # the real server truncates longer error messages (grpc_st
 T = TypeVar("T")
 GRPC_OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+SPARE_THREADS = 4  # threads beyond the run slots and the queue: metadata and status calls never wait
 # Output dtypes and the TensorProto field the real server fills for them (Tensor::AsProtoField).
 _PROTO_FIELDS = {
     np.dtype(np.float32): "float_val",
@@ -298,16 +307,77 @@ def _answer(context: grpc.ServicerContext, call: Callable[[], T]) -> T:
         context.abort(e.code, message)
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
+class RunSlots:
+    """At most `running` Predict calls at once, at most `waiting` more queued for a turn.
 
-    def __init__(self, model: Model):
+    A call beyond the queue is refused at once with RESOURCE_EXHAUSTED, which clients may retry
+    (nothing ran). A queued call whose deadline passes, or whose client cancels, leaves the queue
+    without running.
+    """
+
+    def __init__(self, running: int, waiting: int):
+        self.max_running, self.max_waiting = running, waiting
+        self.running = 0
+        self.waiting = 0
+        self._turn = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """A run slot for the duration of the block, waiting in the queue if need be."""
+        with self._turn:
+            if self.running >= self.max_running:
+                self._wait(context)
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self._turn:
+                self.running -= 1
+                self._turn.notify_all()
+
+    def _wait(self, context: grpc.ServicerContext) -> None:
+        """Wait (holding the lock) until a slot is free; raise if the queue is full or the call ends."""
+        if self.waiting >= self.max_waiting:
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server busy: {self.max_running} running (--max-concurrent) and {self.max_waiting} queued "
+                "(--max-queue) already; retry later",
+            )
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        context.add_callback(self._wake)  # a cancelled call stops waiting at once
+        self.waiting += 1
+        try:
+            while self.running >= self.max_running:
+                if not context.is_active():
+                    raise ServingError(grpc.StatusCode.CANCELLED, "the client cancelled the call while it was queued")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while queued for a run")
+                self._turn.wait(left)
+        finally:
+            self.waiting -= 1
+
+    def _wake(self) -> None:
+        with self._turn:
+            self._turn.notify_all()
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService: Predict (bounded by `slots`) and GetModelMetadata."""
+
+    def __init__(self, model: Model, slots: RunSlots):
         self.model = model
+        self.slots = slots
 
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        return _answer(context, lambda: self.model.predict(request, _timeout_ms(context)))
+        def run() -> predict_pb2.PredictResponse:
+            with self.slots.hold(context):
+                return self.model.predict(request, _timeout_ms(context))  # the deadline left after queueing
+
+        return _answer(context, run)
 
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
@@ -327,20 +397,46 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return _answer(context, lambda: self.model.status(request))
 
 
-def serve(model: Model, host: str = "127.0.0.1", port: int = 8500, max_workers: int = 8) -> tuple[grpc.Server, int]:
-    """Start serving `model`; returns the server and its port (useful with port 0: any free one)."""
+def serve(
+    model: Model,
+    host: str = "127.0.0.1",
+    port: int = 8500,
+    *,
+    slots: RunSlots | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.Server, int]:
+    """Start serving `model`, with Predict calls bounded by `slots` (default: one run per CPU,
+    four queued per CPU) and over TLS with `credentials`; returns the server and its port
+    (useful with port 0: any free one)."""
+    cores = os.cpu_count() or 1
+    slots = slots or RunSlots(running=cores, waiting=4 * cores)
+    # A queued call holds a thread, so the pool covers the slots and the queue; gRPC refuses
+    # calls beyond it (RESOURCE_EXHAUSTED) rather than queueing them where no deadline is checked.
+    threads = slots.max_running + slots.max_waiting + SPARE_THREADS
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="nst-devserver"), options=GRPC_OPTIONS
+        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="nst-devserver"),
+        options=GRPC_OPTIONS,
+        maximum_concurrent_rpcs=threads,
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model, slots), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as e:
         raise OSError(f"cannot listen on {address}: {e}") from None
     server.start()
     return server, bound
+
+
+def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files; with `client_ca`, clients must present a certificate it signed."""
+    roots = pathlib.Path(client_ca).read_bytes() if client_ca else None
+    key_and_chain = (pathlib.Path(key).read_bytes(), pathlib.Path(cert).read_bytes())
+    return grpc.ssl_server_credentials([key_and_chain], root_certificates=roots, require_client_auth=bool(roots))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,15 +455,34 @@ def main(argv: list[str] | None = None) -> int:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)"
     )
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0: any free port)")
+    cores = os.cpu_count() or 1
     parser.add_argument(
-        "--max-workers",
+        "--max-concurrent",
         type=int,
-        default=4 * (os.cpu_count() or 1),
-        help="concurrent requests (default 4 per CPU, as --grpc_max_threads)",
+        default=cores,
+        help=f"Predict calls run at once (default {cores}, one per CPU: each run uses every core)",
     )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=4 * cores,
+        help=f"Predict calls waiting for a turn (default {4 * cores}); beyond them calls fail RESOURCE_EXHAUSTED",
+    )
+    tls = parser.add_argument_group("TLS (default: plaintext)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
+    tls.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    tls.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
     args = parser.parse_args(argv)
-    if args.max_workers < 1:
-        parser.error("--max-workers must be at least 1")
+    if args.max_concurrent < 1 or args.max_queue < 0:
+        parser.error("--max-concurrent must be at least 1 and --max-queue at least 0")
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        parser.error("--tls-cert and --tls-key go together; --tls-client-ca needs both")
+    credentials = None
+    if args.tls_cert:
+        try:
+            credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except OSError as e:
+            parser.error(f"cannot read {e.filename}: {e.strerror}")
 
     try:
         model = Model.load(args.model_dir, args.model_name)
@@ -375,14 +490,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"nst-devserver: error: cannot load {args.model_dir}: {e}\n")
     try:
         warmed = model.warm_up()
-        server, port = serve(model, args.host, args.port, args.max_workers)
+        server, port = serve(
+            model,
+            args.host,
+            args.port,
+            slots=RunSlots(args.max_concurrent, args.max_queue),
+            credentials=credentials,
+        )
     except (RuntimeError, OSError) as e:
         model.close()
         parser.exit(1, f"nst-devserver: error: {e}\n")
     versions = ", ".join(str(v) for v in sorted(model.versions))
     print(
         f"nst-devserver: serving model {model.name!r} (versions {versions}; {warmed} warmup requests replayed) "
-        f"on {args.host}:{port}; a development stand-in for tensorflow_model_server",
+        f"on {args.host}:{port}; {'TLS' if credentials else 'plaintext'}, {args.max_concurrent} runs at once, "
+        f"{args.max_queue} queued; a development stand-in for tensorflow_model_server",
         flush=True,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -6,10 +6,12 @@ serving_helpers), so the server is one process for the whole session, whichever 
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import re
 import select
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from serving_helpers import SERVED_VERSIONS, quiet_env, script
@@ -30,10 +32,16 @@ def model_base(exported, tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def devserver(model_base, tmp_path_factory) -> dict:
     """nst-devserver on a free loopback port: {"address": "127.0.0.1:PORT", "banner": first line}."""
-    log = tmp_path_factory.mktemp("devserver") / "stderr.log"
+    with running_devserver(model_base, tmp_path_factory.mktemp("devserver") / "stderr.log") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_devserver(model_base: pathlib.Path, log: pathlib.Path, *flags: str) -> Iterator[dict]:
+    """nst-devserver with `flags`, stopped on exit: {"address", "banner", "process"}; stderr goes to `log`."""
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [script("nst-devserver"), "--model-dir", str(model_base), "--port", "0"],
+            [script("nst-devserver"), "--model-dir", str(model_base), "--port", "0", *flags],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -44,7 +52,7 @@ def devserver(model_base, tmp_path_factory) -> dict:
         match = re.search(r" on (\S+):(\d+);", banner)
         if not match:
             pytest.fail(f"nst-devserver did not start: {banner!r}\n{log.read_text()[-3000:]}")
-        yield {"address": f"{match[1]}:{match[2]}", "banner": banner}
+        yield {"address": f"{match[1]}:{match[2]}", "banner": banner, "process": process}
     finally:
         process.terminate()
         try:

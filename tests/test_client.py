@@ -6,16 +6,21 @@ Python API or `cli.main` in-process against the session's devserver.
 
 from __future__ import annotations
 
+import _thread
 import base64
 import concurrent.futures
 import http.server
 import io
 import json
 import math
+import os
 import re
+import select
+import signal
 import socket
 import subprocess
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -36,6 +41,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from nst_model import devserver as ds
 from nst_model import images as model_images
 from nst_model.options import DEFAULTS
 
@@ -191,38 +197,80 @@ def test_unreachable_server(capsys, image_files, tmp_path):
     port = closed_port()
     code, _, err = run_cli(capsys, "--server", f"127.0.0.1:{port}", "--connect-timeout", "1", "status")
     assert code == errors.EXIT_UNREACHABLE
-    assert (
-        err == f"nst-client: error: UNAVAILABLE: cannot reach a model server at 127.0.0.1:{port} within 1 s; "
-        "is it running?\n"
+    assert err == (
+        f"nst-client: error: UNAVAILABLE: cannot reach a model server at 127.0.0.1:{port} within 1 s: "
+        "Failed to connect to remote host: Connection refused; is it running?\n"
     )
     code, _, err = run_cli(capsys, "--rest", f"http://127.0.0.1:{port}", "--retries", "0", *image_files)
     assert code == errors.EXIT_UNREACHABLE
     assert err.startswith(f"nst-client: error: UNAVAILABLE: cannot reach a model server at http://127.0.0.1:{port}")
 
 
-def test_only_unavailable_is_retried():
-    calls = []
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
+def test_calls_the_server_did_not_run_are_retried_with_backoff(monkeypatch, code):
+    sleeps, calls = [], []
+    monkeypatch.setattr(errors.time, "sleep", sleeps.append)
 
     def flaky():
         calls.append(1)
-        if len(calls) < 3:
-            raise ServerError(grpc.StatusCode.UNAVAILABLE, "connection reset")
+        if len(calls) < 4:
+            raise ServerError(code, "not now")
         return "ok"
 
-    assert errors.with_retries(flaky, retries=2) == "ok"
+    assert errors.with_retries(flaky, retries=3) == "ok"
+    assert len(sleeps) == 3 and sleeps[0] < sleeps[1] < sleeps[2] <= 4.0 * 1.2  # jittered, doubling
     calls.clear()
     with pytest.raises(ServerError) as info:
         errors.with_retries(flaky, retries=1)
-    assert info.value.code == grpc.StatusCode.UNAVAILABLE and len(calls) == 2
+    assert info.value.code == code and len(calls) == 2
 
-    def invalid():
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL]
+)
+def test_other_errors_are_final(monkeypatch, code):
+    monkeypatch.setattr(errors.time, "sleep", lambda _: pytest.fail("slept before a retry"))
+    calls = []
+
+    def failing():
         calls.append(1)
-        raise ServerError(grpc.StatusCode.INVALID_ARGUMENT, "no")
+        raise ServerError(code, "no")
 
-    calls.clear()
     with pytest.raises(ServerError):
-        errors.with_retries(invalid, retries=3)
-    assert len(calls) == 1  # only UNAVAILABLE is retried
+        errors.with_retries(failing, retries=3)
+    assert len(calls) == 1
+
+
+def test_a_busy_server_is_retried_until_it_has_room(serving, content_png, style_png):
+    slots = ds.RunSlots(running=1, waiting=0)
+    server, port = ds.serve(ds.Model("nst", {1: serving}), port=0, slots=slots)
+    long_run = {"content": content_png, "style": style_png, "steps": np.int32(10_000), "max_dim": np.int32(32)}
+    decode = {"image": content_png, "max_dim": np.int32(16)}
+    try:
+        with (
+            NSTClient(f"127.0.0.1:{port}", timeout=4, retries=0) as once,
+            NSTClient(f"127.0.0.1:{port}", retries=6) as patient,  # backoff 0.25 s doubling: past 4 s
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            running = pool.submit(once.predict, "serving_default", long_run)
+            wait_for(lambda: slots.running == 1)
+            with pytest.raises(ServerError) as info:
+                once.predict("decode", decode)
+            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert str(info.value).endswith("retry later") and info.value.exit_code == errors.EXIT_SERVER_ERROR
+            assert patient.predict("decode", decode)["pixels"].shape[0] == 1
+            with pytest.raises(ServerError) as info:
+                running.result()
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        server.stop(grace=None)
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_bad_images(devserver, capsys, image_files, tmp_path, content_png):
@@ -296,6 +344,60 @@ def test_deadline_exceeded_then_the_server_answers_the_next_request(client, devs
     assert code == errors.EXIT_DEADLINE
     assert err.startswith("nst-client: error: DEADLINE_EXCEEDED: ")
     assert client.run(*image_files, steps=1, chunk=0, **SMALL).png.startswith(b"\x89PNG")
+
+
+def test_ctrl_c_cancels_the_call_in_flight():
+    cancelled = threading.Event()
+
+    class Hanging(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            context.add_callback(cancelled.set)  # called when the call ends: here, only by cancellation
+            cancelled.wait(60)
+            return predict_pb2.PredictResponse()
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Hanging(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with NSTClient(f"127.0.0.1:{port}", timeout=60) as client:
+            threading.Timer(0.5, _thread.interrupt_main).start()  # Ctrl-C, as the main thread sees it
+            with pytest.raises(KeyboardInterrupt):
+                client.predict("decode", {"image": b"png"})
+            assert cancelled.wait(10), "the server never heard that the call was cancelled"
+    finally:
+        server.stop(grace=None)
+
+
+def test_ctrl_c_exits_130_and_the_server_keeps_serving(client, devserver, image_files, tmp_path):
+    process = subprocess.Popen(
+        [script("nst-client"), "--server", devserver["address"], *image_files, "-o", tmp_path / "out.png",
+         "--steps", "10000", "--chunk", "1", "--max-dim", "32"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=quiet_env(),
+    )  # fmt: skip
+    try:
+        stderr = read_until(process.stderr, rb" [1-9]\d*/10000 ", timeout_s=120)  # chunks are going through
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == errors.EXIT_INTERRUPTED
+        stderr += process.stderr.read()
+    finally:
+        process.kill()
+    last_line = stderr.decode().strip().splitlines()[-1]
+    assert last_line.startswith("nst-client: interrupted; the call in flight is cancelled, but the server finishes")
+    assert "Traceback" not in stderr.decode()
+    assert client.run(*image_files, steps=1, chunk=0, **SMALL).png.startswith(b"\x89PNG")
+
+
+def read_until(stream, pattern: bytes, timeout_s: float) -> bytes:
+    """What a subprocess wrote to `stream` up to the first match of `pattern` (a progress bar has no newlines)."""
+    data, deadline = b"", time.monotonic() + timeout_s
+    while not re.search(pattern, data):
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([stream], [], [], max(left, 0))
+        chunk = os.read(stream.fileno(), 4096) if ready else b""
+        assert chunk, f"no {pattern!r} in the output: {data.decode(errors='replace')[-2000:]}"
+        data += chunk
+    return data
 
 
 def test_usage_errors_exit_2(capsys, image_files):

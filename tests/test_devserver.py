@@ -6,6 +6,10 @@ a few others drive the same code in-process with the `serving` fixture's Session
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -208,6 +212,7 @@ def test_binds_loopback_and_replays_the_warmup_requests(devserver, exported):
     warmup = len(read_warmup(exported / "assets.extra" / "tf_serving_warmup_requests"))
     assert warmup > 0
     assert f"(versions 1, 3; {2 * warmup} warmup requests replayed)" in devserver["banner"]
+    assert re.search(r"; plaintext, \d+ runs at once, \d+ queued;", devserver["banner"])
 
 
 # ---- in-process: deadline, warmup, loading, message limits ---------------------------------------
@@ -269,3 +274,125 @@ def test_inputs_read_both_tensor_forms():
     for proto in (typed, tf.make_tensor_proto(values)):  # and tensor_content
         assert np.array_equal(ds._from_proto(proto), values)
     assert ds._from_proto(tf.make_tensor_proto(np.array(b"png", object))) == b"png"
+
+
+# ---- overload: run slots and the wait queue --------------------------------------------------------
+
+
+class FakeContext:
+    """The parts of grpc.ServicerContext that RunSlots uses."""
+
+    def __init__(self, deadline_s: float | None = None):
+        self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        self.active = True
+        self.callbacks = []
+
+    def time_remaining(self):
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def is_active(self):
+        return self.active
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+        return True
+
+    def cancel(self):
+        self.active = False
+        for callback in self.callbacks:
+            callback()
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_run_slots_queue_calls_then_refuse_them():
+    slots = ds.RunSlots(running=1, waiting=1)
+    second_ran = threading.Event()
+
+    def second():
+        with slots.hold(FakeContext(deadline_s=30)):
+            second_ran.set()
+
+    with slots.hold(FakeContext()):
+        queued = threading.Thread(target=second)
+        queued.start()
+        wait_for(lambda: slots.waiting == 1)
+        with pytest.raises(ds.ServingError) as info, slots.hold(FakeContext()):
+            pytest.fail("a call beyond the queue ran")
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.message == (
+            "server busy: 1 running (--max-concurrent) and 1 queued (--max-queue) already; retry later"
+        )
+        assert not second_ran.is_set()
+    queued.join(10)
+    assert second_ran.is_set()  # the queued call ran once the slot was free
+    assert (slots.running, slots.waiting) == (0, 0)
+
+
+def test_a_queued_call_leaves_at_its_deadline_or_cancellation_without_running():
+    slots = ds.RunSlots(running=1, waiting=4)
+    with slots.hold(FakeContext()):
+        started = time.monotonic()
+        with pytest.raises(ds.ServingError) as info, slots.hold(FakeContext(deadline_s=0.3)):
+            pytest.fail("a call whose deadline passed in the queue ran")
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert 0.3 <= time.monotonic() - started < 5
+
+        cancelled = FakeContext(deadline_s=20)
+        threading.Timer(0.2, cancelled.cancel).start()
+        started = time.monotonic()
+        with pytest.raises(ds.ServingError) as info, slots.hold(cancelled):
+            pytest.fail("a cancelled call ran")
+        assert info.value.code == grpc.StatusCode.CANCELLED
+        assert time.monotonic() - started < 5  # woken by the cancellation, not the deadline
+    assert (slots.running, slots.waiting) == (0, 0)
+
+
+@pytest.fixture
+def tiny_server(serving):
+    """An in-process devserver on the session's Session: one run at a time, one queued."""
+    slots = ds.RunSlots(running=1, waiting=1)
+    server, port = ds.serve(ds.Model("nst", {1: serving}), port=0, slots=slots)
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=ds.GRPC_OPTIONS) as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel), slots, port
+    server.stop(grace=None)
+
+
+def test_a_full_server_refuses_at_once_and_serves_again(tiny_server, content_png, style_png):
+    predictions, slots, _ = tiny_server
+    long_run = predictions.Predict.future(request(**small(content_png, style_png, steps=10_000)), timeout=8)
+    wait_for(lambda: slots.running == 1)
+    queued = predictions.Predict.future(request("decode", image=content_png), timeout=60)
+    wait_for(lambda: slots.waiting == 1)
+
+    started = time.monotonic()
+    error = fails(predictions.Predict, request("decode", image=content_png))
+    assert time.monotonic() - started < 2  # refused at once, not queued
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details().endswith("already; retry later")
+
+    queued.cancel()  # a cancelled call leaves the queue: the next one may wait there
+    wait_for(lambda: slots.waiting == 0)
+    with pytest.raises(grpc.RpcError) as info:
+        predictions.Predict(request("decode", image=content_png), timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # queued, then out of time; not refused
+
+    assert long_run.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert predictions.Predict(request("decode", image=content_png), timeout=60).outputs["pixels"].float_val
+
+
+def test_limit_and_tls_flags_are_checked_before_loading(tmp_path, capsys):
+    for argv, message in (
+        (["--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+        (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(tmp_path / "no.pem")], "no.pem: No such file"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            ds.main(["--model-dir", str(tmp_path / "absent"), *argv])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
