@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=3,
-        help="retries, with backoff, of a call the server did not run: UNAVAILABLE or RESOURCE_EXHAUSTED (default 3)",
+        help="retries, with backoff, of calls the server could not take: UNAVAILABLE, RESOURCE_EXHAUSTED (default 3)",
     )
 
     tls = parser.add_argument_group("TLS (gRPC; default: plaintext)")
