@@ -18,7 +18,9 @@ FIRST_STEP = 0.02  # largest pixel change of the first step, before any curvatur
 ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * g.(x_t - x)
 BACKTRACKS = 10  # halvings of the step before giving up on a direction
 
-ValueAndGrad = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# x -> (objective, gradient, extra): `extra` is any nest of tensors computed along with them
+# (e.g. the loss terms), kept with the accepted point so that nobody needs another pass at it.
+ValueAndGrad = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, typing.Any]]
 
 
 class State(typing.NamedTuple):
@@ -27,13 +29,14 @@ class State(typing.NamedTuple):
     g: tf.Tensor  # gradient at x
     s: tf.Tensor  # [HISTORY, *x.shape] past steps, newest last; unused rows are zero
     y: tf.Tensor  # [HISTORY, *x.shape] the matching gradient changes
+    extra: typing.Any  # what value_and_grad computed at x besides f and g
 
 
 def start(x: tf.Tensor, value_and_grad: ValueAndGrad, s: tf.Tensor, y: tf.Tensor) -> State:
     """The state at `x`, continuing from `k <= HISTORY` stored pairs [k, *x.shape] (k may be 0)."""
-    f, g = value_and_grad(x)
+    f, g, extra = value_and_grad(x)
     padding = [[HISTORY - tf.shape(s)[0], 0]] + [[0, 0]] * len(x.shape)
-    return State(x, f, g, tf.pad(s, padding), tf.pad(y, padding))
+    return State(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra)
 
 
 def history(state: State) -> tuple[tf.Tensor, tf.Tensor]:
@@ -69,7 +72,7 @@ def direction(g: tf.Tensor, s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 
 def step(state: State, value_and_grad: ValueAndGrad) -> State:
     """One projected L-BFGS iteration: direction, line search, history update."""
-    x, f, g, s, y = state
+    x, f, g, s, y, extra = state
     # Variables pressed against a bound by their gradient stay there for this step.
     free = tf.cast(~(((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0))), tf.float32)
     d = direction(g * free, s, y) * free
@@ -82,14 +85,14 @@ def step(state: State, value_and_grad: ValueAndGrad) -> State:
         x_t = tf.clip_by_value(x + t * d, 0.0, 1.0)
         return (x_t, *value_and_grad(x_t))
 
-    def rejected(i, t, x_t, f_t, g_t):
+    def rejected(i, t, x_t, f_t, g_t, extra_t):
         sufficient = f_t <= f + ARMIJO * _dot(g, x_t - x)
         return (i < BACKTRACKS) & ~(sufficient & tf.math.is_finite(f_t))
 
     def halve(i, t, *_):
         return (i + 1, t / 2, *trial(t / 2))
 
-    _, _, x_t, f_t, g_t = tf.while_loop(rejected, halve, (0, 1.0, *trial(1.0)))
+    _, _, x_t, f_t, g_t, extra_t = tf.while_loop(rejected, halve, (0, 1.0, *trial(1.0)))
     improved = (f_t < f) & tf.math.is_finite(f_t)
     s_new, y_new = x_t - x, g_t - g
     curvature = improved & (_dot(s_new, y_new) > 1e-10 * _dot(y_new, y_new))
@@ -98,6 +101,6 @@ def step(state: State, value_and_grad: ValueAndGrad) -> State:
     # No better point along d: stay, and forget the curvature that proposed it.
     return tf.cond(
         improved,
-        lambda: State(x_t, f_t, g_t, s, y),
-        lambda: State(x, f, g, tf.zeros_like(s), tf.zeros_like(y)),
+        lambda: State(x_t, f_t, g_t, s, y, extra_t),
+        lambda: State(x, f, g, tf.zeros_like(s), tf.zeros_like(y), extra),
     )

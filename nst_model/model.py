@@ -223,31 +223,33 @@ class StyleTransfer(tf.Module):
         def value_and_grad(image):
             with tf.GradientTape() as tape:
                 tape.watch(image)
-                loss = self.objective(image, targets, controls).loss
-            return loss, tape.gradient(loss, image)
+                terms = self.objective(image, targets, controls)
+            return terms.loss, tape.gradient(terms.loss, image), terms
 
-        def adam() -> State:
+        def adam() -> tuple[State, Losses]:
             def body(i, image, m, v, step):
-                _, grad = value_and_grad(image)
+                _, grad, _ = value_and_grad(image)
                 image, m, v, step = adam_step(image, grad, m, v, step, controls.weights["learning_rate"])
                 return i + 1, tf.clip_by_value(image, 0.0, 1.0), m, v, step
 
             initial = (tf.constant(0), state.image, state.adam_m, state.adam_v, state.adam_step)
             _, *carried = tf.while_loop(lambda i, *_: i < steps, body, initial)
-            return State(*carried, state.lbfgs_s, state.lbfgs_y)
+            # Adam's last gradient was taken before its last update: the result needs its own pass.
+            return State(*carried, state.lbfgs_s, state.lbfgs_y), self.objective(carried[0], targets, controls)
 
-        def projected_lbfgs() -> State:
+        def projected_lbfgs() -> tuple[State, Losses]:
             # lbfgs works on tensors shaped like the image: pairs [k, 1, H, W, 3].
             start = lbfgs.start(state.image, value_and_grad, state.lbfgs_s[:, None], state.lbfgs_y[:, None])
             _, end = tf.while_loop(
                 lambda i, _: i < steps, lambda i, s: (i + 1, lbfgs.step(s, value_and_grad)), (tf.constant(0), start)
             )
             s, y = lbfgs.history(end)
-            return State(end.x, state.adam_m, state.adam_v, state.adam_step, s[:, 0], y[:, 0])
+            # Its line search evaluated the objective at the point it accepted: no extra pass.
+            return State(end.x, state.adam_m, state.adam_v, state.adam_step, s[:, 0], y[:, 0]), end.extra
 
         use_lbfgs = tf.equal(controls.optimizer, OPTIMIZERS.index("lbfgs"))
-        state = State(*tf.cond(use_lbfgs, projected_lbfgs, adam))
-        return state, self.objective(state.image, targets, controls)
+        new_state, terms = tf.cond(use_lbfgs, projected_lbfgs, adam)
+        return State(*new_state), Losses(*terms)
 
     # ---- signatures: validate, run, encode ---------------------------------------------------
 

@@ -18,7 +18,7 @@ def quadratic(a: np.ndarray, c: np.ndarray):
             tape.watch(x)
             r = x - c
             f = 0.5 * tf.reduce_sum(r * tf.linalg.matvec(a, r))
-        return f, tape.gradient(f, x)
+        return f, tape.gradient(f, x), {"evaluated_at": x}
 
     return value_and_grad
 
@@ -31,6 +31,8 @@ def minimise(value_and_grad, x0: np.ndarray, iterations: int) -> tuple[np.ndarra
     for _ in range(iterations):
         state = run(state)
         values.append(float(state.f))
+        # The extras belong to the accepted point, not to the line search's last trial.
+        np.testing.assert_array_equal(state.extra["evaluated_at"].numpy(), state.x.numpy())
     return state.x.numpy(), values
 
 
