@@ -153,18 +153,25 @@ def main() -> None:
         process.wait()
         session.close()
 
-    print(f"{args.size} px, {args.steps} steps, {args.repeats} repeats; "
-          f"JPEG inputs {len(content):,} + {len(style):,} B")
-    print(f"one tiny call (16 px decode, median of 50): in-process {statistics.median(call_local) * 1e3:.2f} ms, "
-          f"through nst-client and nst-devserver {statistics.median(call_remote) * 1e3:.2f} ms")
+    print(
+        f"{args.size} px, {args.steps} steps, {args.repeats} repeats; JPEG inputs {len(content):,} + {len(style):,} B"
+    )
+    print(
+        f"one tiny call (16 px decode, median of 50): in-process {statistics.median(call_local) * 1e3:.2f} ms, "
+        f"through nst-client and nst-devserver {statistics.median(call_remote) * 1e3:.2f} ms"
+    )
     print(f"in-process serving_default (ServingSession)  median {statistics.median(local):.3f} s")
     ratios = [t / base for t, base in zip(local_chunked, local, strict=True)]
-    print(f"in-process, the chunked calls (--chunk {args.chunk:<3}) median {statistics.median(local_chunked):.3f} s; "
-          f"ratio to one call: median {statistics.median(ratios):.3f}")
+    print(
+        f"in-process, the chunked calls (--chunk {args.chunk:<3}) median {statistics.median(local_chunked):.3f} s; "
+        f"ratio to one call: median {statistics.median(ratios):.3f}"
+    )
     for chunk, times in ((0, single), (args.chunk, chunked)):
         ratios = [t / base for t, base in zip(times, local, strict=True)]
-        print(f"nst-client -> nst-devserver, --chunk {chunk:<3}   median {statistics.median(times):.3f} s; "
-              f"ratio to in-process: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}")
+        print(
+            f"nst-client -> nst-devserver, --chunk {chunk:<3}   median {statistics.median(times):.3f} s; "
+            f"ratio to in-process: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}"
+        )
         for method, signature, sent, received in wire[chunk]:
             print(f"    {method} {signature:<16} request {sent:>10,} B   response {received:>10,} B")
         total = sum(sent + received for *_, sent, received in wire[chunk])

@@ -67,9 +67,10 @@ def clean_message(details: str) -> str:
     """
     lines = details.strip().splitlines()
     first = lines[0] if lines else ""
-    if first.startswith("assertion failed: "):
-        return first.removeprefix("assertion failed: ").replace("] [", " ").strip("[]")
-    return first
+    if not first.startswith("assertion failed: "):
+        return first
+    first = first.removeprefix("assertion failed: ").replace("] [", " ")
+    return first[1:-1] if first.startswith("[") and first.endswith("]") else first  # keeps "[0, 1]"
 
 
 # Codes that say the server could not take the call now: unreachable (restarting, connection lost)

@@ -66,9 +66,7 @@ class RestClient:
         self.retries = retries
         self._signature: meta_graph_pb2.SignatureDef | None = None  # fetched once: it types the options
 
-    def stylize(
-        self, content: ImageLike, style: ImageLike | Sequence[ImageLike], **options: object
-    ) -> PIL.Image.Image:
+    def stylize(self, content: ImageLike, style: ImageLike | Sequence[ImageLike], **options: object) -> PIL.Image.Image:
         """`content` painted in `style`, as a PIL image; see `run`."""
         return self.run(content, style, **options).image
 
@@ -128,6 +126,7 @@ class RestClient:
             raise ServerError(
                 grpc.StatusCode.UNAVAILABLE, f"cannot reach a model server at {self.base_url}: {reason}"
             ) from None
+
 
 def _b64(data: bytes) -> dict[str, str]:
     return {"b64": base64.b64encode(data).decode()}

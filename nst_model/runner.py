@@ -128,4 +128,5 @@ def error_message(error: tf.errors.OpError) -> str:
     lines = error.message.strip().splitlines()
     marker = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[[")), None)
     line = lines[marker - 1] if marker else lines[0]
-    return line.removeprefix("assertion failed: ").replace("] [", " ").strip("[]")
+    line = line.removeprefix("assertion failed: ").replace("] [", " ").strip()
+    return line[1:-1] if line.startswith("[") and line.endswith("]") else line  # keeps "[0, 1]"

@@ -141,7 +141,7 @@ def load_weights(path: str | os.PathLike | None, last: str) -> tuple[dict, pathl
 
 
 def resolve_precision(precision: str) -> str:
-    """"auto": bfloat16 where it is fast (a GPU, or a CPU with AMX or AVX512-BF16), else float32."""
+    """ "auto": bfloat16 where it is fast (a GPU, or a CPU with AMX or AVX512-BF16), else float32."""
     if precision != "auto":
         return precision
     if tf.config.list_physical_devices("GPU"):

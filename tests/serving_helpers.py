@@ -39,6 +39,7 @@ def serving_default(serving: ServingSession, content: bytes, style: bytes | list
     feeds.update(content=np.array(content, object), style=np.array(style, object))
     for name, value in options.items():
         dtype = tf.dtypes.as_dtype(signature.inputs[name].dtype)
-        feeds[name] = np.array(value.encode() if isinstance(value, str) else value,
-                               object if dtype == tf.string else dtype.as_numpy_dtype)
+        feeds[name] = np.array(
+            value.encode() if isinstance(value, str) else value, object if dtype == tf.string else dtype.as_numpy_dtype
+        )
     return serving.run("serving_default", feeds)["image_bytes"]

@@ -139,3 +139,26 @@ def test_cli_errors_are_one_line(tmp_path, weights_file, content_png):
         assert result.returncode == 2
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("nst-stylize: error:") and message in last, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            "Graph execution error:\n\nassertion failed: [steps must be between 0 and 10000; got] [-2]\n"
+            "\t [[{{node Assert}}]]",
+            "steps must be between 0 and 10000; got -2",
+        ),
+        (
+            "assertion failed: [content values must be finite and within [0, 1]]\n\t [[{{node Assert_9/Assert}}]]",
+            "content values must be finite and within [0, 1]",
+        ),
+        ("Invalid PNG data, size 1992\n\t [[{{node DecodePng}}]]", "Invalid PNG data, size 1992"),
+    ],
+)
+def test_graph_errors_become_the_line_that_says_why(message, expected):
+    import tensorflow as tf
+
+    from nst_model.runner import error_message
+
+    assert error_message(tf.errors.InvalidArgumentError(None, None, message)) == expected

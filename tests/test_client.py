@@ -622,5 +622,7 @@ def test_options_are_typed_from_the_signature():
 def test_server_messages_lose_tensorflows_decoration():
     details = "assertion failed: [max_dim must be between 16 and 2048; got] [8]\n\t [[{{node Assert_3/Assert}}]]"
     assert errors.clean_message(details) == "max_dim must be between 16 and 2048; got 8"
+    details = "assertion failed: [content values must be finite and within [0, 1]]\n\t [[{{node Assert_9/Assert}}]]"
+    assert errors.clean_message(details) == "content values must be finite and within [0, 1]"
     assert errors.clean_message('Serving signature key "x" not found.') == 'Serving signature key "x" not found.'
     assert ServerError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded").exit_code == errors.EXIT_DEADLINE
