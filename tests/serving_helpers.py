@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,14 @@ import tensorflow as tf
 from nst_model.session import ServingSession
 
 SERVED_VERSIONS = (1, 3)  # two versions, so that "newest by default" and "the one asked for" differ
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail after `timeout_s` (for states another thread reaches)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def script(name: str) -> pathlib.Path:

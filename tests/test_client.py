@@ -30,7 +30,7 @@ import tensorflow as tf
 from conftest import make_image, png_bytes
 from google.protobuf import json_format
 from nst_client import NSTClient, RestClient, ServerError, cli, contract, errors, images, tensors
-from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default
+from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default, wait_for
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -264,13 +264,6 @@ def test_a_busy_server_is_retried_until_it_has_room(serving, content_png, style_
             assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         server.stop(grace=None)
-
-
-def wait_for(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_bad_images(devserver, capsys, image_files, tmp_path, content_png):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from nst_export.exporter import read_warmup
-from serving_helpers import SERVED_VERSIONS, serving_default
+from serving_helpers import SERVED_VERSIONS, serving_default, wait_for
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -301,13 +301,6 @@ class FakeContext:
         self.active = False
         for callback in self.callbacks:
             callback()
-
-
-def wait_for(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_run_slots_queue_calls_then_refuse_them():
