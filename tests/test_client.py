@@ -41,7 +41,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from nst_model import devserver as ds
+from nst_devserver import server as ds
 from nst_model import images as model_images
 from nst_model.options import DEFAULTS
 

@@ -16,7 +16,7 @@ import pytest
 from nst_client import NSTClient, cli, errors
 from serving_helpers import serving_default
 
-from nst_model import devserver as ds
+from nst_devserver import server as ds
 
 OPENSSL = shutil.which("openssl")
 
