@@ -24,9 +24,9 @@ import time
 import grpc
 import numpy as np
 import PIL.Image
+
 from nst_client import NSTClient
 from nst_client.grpc_client import CHANNEL_OPTIONS
-
 from nst_model.session import ServingSession
 
 

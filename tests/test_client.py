@@ -29,7 +29,6 @@ import pytest
 import tensorflow as tf
 from conftest import make_image, png_bytes
 from google.protobuf import json_format
-from nst_client import NSTClient, RestClient, ServerError, cli, contract, errors, images, tensors
 from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default, wait_for
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
@@ -41,6 +40,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from nst_client import NSTClient, RestClient, ServerError, cli, contract, errors, images, tensors
 from nst_devserver import server as ds
 from nst_model import images as model_images
 from nst_model.options import DEFAULTS

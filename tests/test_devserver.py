@@ -14,7 +14,6 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from nst_export.exporter import read_warmup
 from serving_helpers import SERVED_VERSIONS, serving_default, wait_for
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -26,6 +25,7 @@ from tensorflow_serving.apis import (
 )
 
 from nst_devserver import server as ds
+from nst_export.exporter import read_warmup
 from nst_model.options import DEFAULTS
 
 pytest_plugins = ["serving_fixtures"]

@@ -15,6 +15,7 @@ import re
 import tomllib
 
 import pytest
+
 from nst_client import NSTClient
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import tensorflow as tf
-from nst_export import exporter
 from tensorflow.core.protobuf import saved_model_pb2
 
+from nst_export import exporter
 from nst_model.options import DEFAULTS
 from nst_model.vgg import sha256
 

@@ -20,8 +20,9 @@ import time
 import numpy as np
 import pytest
 from conftest import make_image, png_bytes
-from nst_client import NSTClient, ServerError
 from serving_fixtures import running_devserver
+
+from nst_client import NSTClient, ServerError
 
 THREADS = 6
 MAX_CONCURRENT = 2

@@ -13,9 +13,9 @@ import subprocess
 
 import grpc
 import pytest
-from nst_client import NSTClient, cli, errors
 from serving_helpers import serving_default
 
+from nst_client import NSTClient, cli, errors
 from nst_devserver import server as ds
 
 OPENSSL = shutil.which("openssl")
