@@ -61,12 +61,19 @@ def test_base_image_is_the_serving_release_of_the_tensorflow_pin():
     assert importlib.metadata.version("tensorflow") == pins()["tensorflow"], "the exporting TensorFlow is not the pin"
 
 
+def copies() -> dict[str, str]:
+    """COPY source -> destination."""
+    return dict(args.split() for args in arguments("COPY"))
+
+
 def test_the_model_is_copied_where_the_entrypoint_serves_it():
     variables = env()
     assert variables["MODEL_NAME"] == "nst"
     base_path = variables.get("MODEL_BASE_PATH", "/models")  # the image's default
-    copies = [args.split() for args in arguments("COPY")]
-    assert copies == [["models/nst", f"{base_path}/{variables['MODEL_NAME']}"]]
+    assert copies() == {
+        "models/nst": f"{base_path}/{variables['MODEL_NAME']}",
+        "deploy/monitoring.config": "/etc/nst-serving/monitoring.config",
+    }
     assert not arguments("ENTRYPOINT"), "keep the image's entrypoint: it passes MODEL_NAME and the ports"
 
 
@@ -82,6 +89,8 @@ def test_server_flags():
     rest_timeout_ms = int(flags["--rest_api_timeout_in_ms"])
     client_timeout_s = inspect.signature(NSTClient).parameters["timeout"].default
     assert rest_timeout_ms == 0 or rest_timeout_ms >= client_timeout_s * 1000, "REST would cut runs the client allows"
+    # The metrics endpoint: the config the server reads is the one copied into the image.
+    assert flags["--monitoring_config_file"] == copies()["deploy/monitoring.config"]
 
 
 @pytest.mark.parametrize(
@@ -92,6 +101,9 @@ def test_server_flags():
         ("models/nst/.2-staging-x1/saved_model.pb", False),
         (".venv/bin/python", False),
         ("client/cli.py", False),
+        ("deploy/monitoring.config", True),
+        ("deploy/kubernetes/deployment.yaml", False),
+        ("deploy/sizing.json", False),
     ],
 )
 def test_build_context_is_the_model_only(path, sent):
