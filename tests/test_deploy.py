@@ -319,7 +319,9 @@ def test_the_error_alert():
         assert f'{metric}{{model_name="{env()["MODEL_NAME"]}"' in expr
     assert expr.count("(") == expr.count(")")
     statuses = set(re.findall(r'status=~"([^"]+)"', expr))
-    assert len(statuses) == 1 and not {"OK", "INVALID_ARGUMENT", "NOT_FOUND"} & set(statuses.pop().split("|"))
+    assert len(statuses) == 1 and not {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED"} & set(
+        statuses.pop().split("|")
+    )
     assert re.fullmatch(r"\d+[smh]", rule["for"])
 
 
