@@ -9,7 +9,20 @@ never on the model package: any service can call the model with it.
 
 from .contract import DEFAULT_CHUNK, Result
 from .errors import ClientError, InputError, ServerError
-from .grpc_client import NSTClient
-from .rest_client import RestClient
 
 __all__ = ["DEFAULT_CHUNK", "ClientError", "InputError", "NSTClient", "RestClient", "Result", "ServerError"]
+
+
+def __getattr__(name: str) -> object:
+    """The clients import grpc and TensorFlow's protos (which load all of TensorFlow): load them on
+    first use, so `nst-client --help` is instant, `nst_client.images` is light, and the command line
+    can quieten TensorFlow's logging before it starts."""
+    if name == "NSTClient":
+        from .grpc_client import NSTClient
+
+        return NSTClient
+    if name == "RestClient":
+        from .rest_client import RestClient
+
+        return RestClient
+    raise AttributeError(f"module 'nst_client' has no attribute {name!r}")

@@ -1,26 +1,34 @@
 """nst-client: style transfer on a TensorFlow Serving model server, with a progress bar.
 
 Server failures print the server's status code and message, and the exit code says what
-kind of failure it was (see EPILOG), so scripts can tell bad input from an outage.
+kind of failure it was (see EPILOG), so scripts can tell bad input from an outage. Every
+failure is one line on stderr, never a traceback.
+
+The arguments are parsed before grpc and TensorFlow's protos (which load all of TensorFlow,
+seconds to tens of seconds) are imported, so `--help` and usage errors are instant and
+TensorFlow's start-up log lines can be silenced first.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import pathlib
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
-import grpc
-import tqdm
-from tensorflow.core.framework import tensor_pb2, types_pb2
-
-from . import contract, errors, tensors
+from . import contract, errors
 from .errors import ClientError, InputError, ServerError
-from .grpc_client import NSTClient
-from .rest_client import RestClient
+
+if TYPE_CHECKING:
+    import tqdm
+    from tensorflow.core.framework import tensor_pb2
+
+    from .grpc_client import NSTClient
+    from .rest_client import RestClient
 
 COMMANDS = ("status", "signatures")
 EPILOG = f"""\
@@ -46,10 +54,71 @@ OPTION_FLAGS = {
     "tv_weight": "weight of the total-variation (smoothness) loss",
     "learning_rate": "Adam learning rate",
 }
+# Keywords of NSTClient.run that are not model inputs (the images and `chunk` have flags or arguments).
+NOT_OPTIONS = {"progress": "the progress bar shows unless --quiet"}
+MAX_VERSION = 2**63 - 1  # versions are int64 in the ModelSpec
+
+
+def quiet_tensorflow(verbose: bool) -> None:
+    """Before TensorFlow loads: hide its start-up log lines unless `verbose`.
+
+    They are noise here and some look like failures (`failed call to cuInit: INTERNAL` on a machine
+    without a GPU). Errors still reach the user: as exceptions, not log lines. An explicit
+    TF_CPP_MIN_LOG_LEVEL in the environment wins over the quiet default.
+    """
+    import logging
+
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("absl", "tensorflow"):  # Python-side warnings (deprecations, absl's) of the same kind
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _version(text: str) -> int:
+    """A model version, as the ModelSpec's int64 holds it."""
+    try:
+        version = int(text)
+    except ValueError:
+        version = 0
+    if not 1 <= version <= MAX_VERSION:
+        raise argparse.ArgumentTypeError(f"must be a version number from 1 to {MAX_VERSION}; got {text!r}")
+    return version
+
+
+def _seconds(text: str, zero: bool) -> float:
+    """A finite number of seconds > 0, or 0 where `zero` allows it (no limit); inf and NaN would fail every call."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds > 0{' (0: none)' if zero else ''}; got {text!r}"
+        )
+    return seconds
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text!r}")
+    return count
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other failure; the usage is one --help away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(errors.EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nst-client",
         usage="nst-client [options] (CONTENT STYLE [STYLE ...] | status | signatures)",
         description="Neural style transfer on a TensorFlow Serving model server (gRPC, or REST with --rest).",
@@ -60,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("args", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("-o", "--output", default="stylized.png", help="output PNG (default stylized.png)")
     parser.add_argument(
-        "--chunk", type=int, help=f"steps per call, with a progress bar (default {contract.DEFAULT_CHUNK}); 0: one call"
+        "--chunk",
+        type=_count,
+        help=f"steps per call, with a progress bar (default {contract.DEFAULT_CHUNK}); 0: one call",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's start-up log lines")
 
     server = parser.add_argument_group("server")
     server.add_argument("--server", default="localhost:8500", help="gRPC address, host:port (default %(default)s)")
@@ -72,22 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the REST API at URL (e.g. http://localhost:8501) instead of gRPC: one call per run, no progress",
     )
     server.add_argument("--model-name", default="nst", help="model name on the server (default %(default)s)")
-    server.add_argument("--model-version", type=int, help="a specific model version (default: the newest served)")
+    server.add_argument("--model-version", type=_version, help="a specific model version (default: the newest served)")
     server.add_argument(
         "--timeout",
-        type=float,
+        type=lambda text: _seconds(text, zero=True),
         default=600.0,
         help="deadline of each call in seconds, after which the server stops it (default %(default)g; 0: none)",
     )
     server.add_argument(
         "--connect-timeout",
-        type=float,
+        type=lambda text: _seconds(text, zero=False),
         default=10.0,
         help="seconds to wait for the gRPC server to accept a connection (default %(default)g)",
     )
     server.add_argument(
         "--retries",
-        type=int,
+        type=_count,
         default=3,
         help="retries, with backoff, of calls the server could not take: UNAVAILABLE, RESOURCE_EXHAUSTED (default 3)",
     )
@@ -128,15 +200,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     else:
         parser.error("expected CONTENT STYLE [STYLE ...], 'status' or 'signatures'")
     args.options = {name: getattr(args, name) for name in OPTION_FLAGS}
+    flags = {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
     for assignment in args.option:
         name, equals, value = assignment.partition("=")
         if not equals or not name:
             parser.error(f"-O takes NAME=VALUE; got {assignment!r}")
-        if args.options.get(name) is not None:
-            parser.error(f"option {name} is given twice")
+        if name in contract.IMAGES:
+            parser.error(f"-O {name}: the images are the arguments, CONTENT STYLE [STYLE ...]")
+        if name in flags:
+            parser.error(f"-O {name}: use {flags[name]} (-O sets the model's other inputs)")
+        if name in NOT_OPTIONS:
+            parser.error(f"-O {name}: not a model input; {NOT_OPTIONS[name]}")
+        if name in args.options:
+            parser.error(f"-O {name} is given twice")
         args.options[name] = value
-    if args.chunk is not None and args.chunk < 0:
-        parser.error("--chunk must be >= 0")
     if args.rest and (args.tls or args.ca_file or args.client_cert or args.client_key):
         parser.error("--tls, --ca-file and client certificates are for gRPC; over REST use an https:// URL")
     if args.rest and args.chunk:
@@ -152,6 +229,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_tensorflow(args.verbose)
     command = {"stylize": stylize, "status": print_status, "signatures": print_signatures}[args.command]
     client = None
     try:
@@ -159,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command(client, args)
     except ClientError as e:
         hint = ""
-        if isinstance(e, ServerError) and e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if isinstance(e, ServerError) and e.code.name == "DEADLINE_EXCEEDED":
             hint = f" (each call may take {args.timeout:g} s: raise --timeout, or lower --chunk)"
         print(f"nst-client: error: {e}{hint}", file=sys.stderr)
         return e.exit_code
@@ -172,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return errors.EXIT_INTERRUPTED
     finally:
-        if isinstance(client, NSTClient):
+        if client is not None and not args.rest:  # a REST client holds no connection
             client.close()
     return errors.EXIT_OK
 
@@ -180,9 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
     timeout = args.timeout or None
     if args.rest:
+        from .rest_client import RestClient
+
         return RestClient(
             args.rest, model_name=args.model_name, version=args.model_version, timeout=timeout, retries=args.retries
         )
+    from .grpc_client import NSTClient
+
     return NSTClient(
         args.server,
         model_name=args.model_name,
@@ -200,7 +282,7 @@ def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
 def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
     content, *styles = args.args
     started = time.perf_counter()
-    if isinstance(client, RestClient):
+    if args.rest:
         result = client.run(content, styles, **args.options)
     else:
         chunk = contract.DEFAULT_CHUNK if args.chunk is None else args.chunk
@@ -230,6 +312,8 @@ def print_status(client: NSTClient | RestClient, args: argparse.Namespace) -> No
 
 
 def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
+    from tensorflow.core.framework import types_pb2
+
     version, signatures = client.signatures()
     print(f"model {client.model_name!r} version {version} at {args.rest or args.server}")
     for name in sorted(signatures):
@@ -247,10 +331,12 @@ def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -
 
 
 def _default(proto: tensor_pb2.TensorProto) -> str:
+    from . import tensors
+
     try:
         values = tensors.to_array(proto).ravel().tolist()
     except TypeError:
-        return f"default: a {types_pb2.DataType.Name(proto.dtype)} tensor"
+        return f"default: a {tensors.dtype_name(proto.dtype)} tensor"
     if not values:
         return "default: empty"
     return "default: " + " ".join(_shown(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
@@ -276,6 +362,8 @@ class _ProgressBar:
 
     def __call__(self, done: int, total: int, loss: float) -> None:
         if self.bar is None:
+            import tqdm
+
             self.bar = tqdm.tqdm(total=total, unit="step", disable=self.disable, dynamic_ncols=True, file=sys.stderr)
         if math.isfinite(loss):
             self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)

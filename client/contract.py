@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from tensorflow.core.protobuf import meta_graph_pb2
 
 SERVING_DEFAULT = "serving_default"
 PIXELS = "pixels"  # float pixels and resumable optimiser state, for chunked runs
@@ -30,23 +32,8 @@ LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
 DECODE_OPTIONS = ("max_dim",)  # options `decode` takes instead of `pixels`
 DEFAULT_CHUNK = 25
 
-_NUMPY = {
-    types_pb2.DT_FLOAT: np.float32,
-    types_pb2.DT_DOUBLE: np.float64,
-    types_pb2.DT_INT32: np.int32,
-    types_pb2.DT_INT64: np.int64,
-    types_pb2.DT_BOOL: np.bool_,
-    types_pb2.DT_STRING: object,
-}
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
-_KINDS = {
-    types_pb2.DT_STRING: "a string",
-    types_pb2.DT_BOOL: "true or false",
-    types_pb2.DT_INT32: "an integer",
-    types_pb2.DT_INT64: "an integer",
-    types_pb2.DT_FLOAT: "a number",
-    types_pb2.DT_DOUBLE: "a number",
-}
+_KINDS = {"O": "a string", "b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}  # by numpy kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,30 +83,33 @@ def typed(name: str, value: object, info: meta_graph_pb2.TensorInfo) -> np.ndarr
     Text for a non-string input is read as the command line writes it: "2", "true", and for
     vectors comma-separated values ("1,0.5,0"; "" for none).
     """
-    if info.dtype not in _NUMPY:
-        raise InputError(f"{name}: the client cannot send {types_pb2.DataType.Name(info.dtype)} inputs")
+    from . import tensors  # TensorFlow's protos, which load all of TensorFlow: only once values are sent
+
+    dtype = tensors.numpy_dtype(info.dtype)
+    if dtype is None or dtype.kind not in _KINDS:
+        raise InputError(f"{name}: the client cannot send {tensors.dtype_name(info.dtype)} inputs")
     vector = not info.tensor_shape.unknown_rank and len(info.tensor_shape.dim) == 1
-    if isinstance(value, str) and info.dtype != types_pb2.DT_STRING:
-        value = _parse(name, value, info.dtype, vector)
+    if isinstance(value, str) and dtype.kind != "O":
+        value = _parse(name, value, dtype, vector)
     if vector:
         items = [value] if isinstance(value, str | bytes) or np.ndim(value) == 0 else list(np.ravel(value))
-        return np.array([_item(name, v, info.dtype) for v in items], _NUMPY[info.dtype]).reshape(-1)
+        return np.array([_item(name, v, dtype) for v in items], dtype).reshape(-1)
     if np.ndim(value) != 0:
         raise InputError(f"{name} takes a single value; got {value!r}")
-    return np.array(_item(name, value, info.dtype), _NUMPY[info.dtype])
+    return np.array(_item(name, value, dtype), dtype)
 
 
-def _parse(name: str, text: str, dtype: int, vector: bool) -> object:
+def _parse(name: str, text: str, dtype: np.dtype, vector: bool) -> object:
     parts = [p.strip() for p in text.split(",") if p.strip()] if vector else [text.strip()]
     try:
-        if dtype == types_pb2.DT_BOOL:
+        if dtype.kind == "b":
             parsed: list[object] = [_boolean(p) for p in parts]
-        elif dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):
+        elif dtype.kind in "iu":
             parsed = [int(p) for p in parts]
         else:
             parsed = [float(p) for p in parts]
     except ValueError:
-        raise InputError(f"{name} must be {_KINDS[dtype]}; got {text!r}") from None
+        raise InputError(f"{name} must be {_KINDS[dtype.kind]}; got {text!r}") from None
     return parsed if vector else parsed[0]
 
 
@@ -131,27 +121,30 @@ def _boolean(text: str) -> bool:
     raise ValueError(text)
 
 
-def _item(name: str, value: object, dtype: int) -> object:
+def _item(name: str, value: object, dtype: np.dtype) -> object:
     """One element, checked against the dtype: no silent truncation or wrap-around."""
     if isinstance(value, np.generic):
         value = value.item()
-    if dtype == types_pb2.DT_STRING:
+    if dtype.kind == "O":
         if isinstance(value, str):
-            return value.encode()
+            try:
+                return value.encode()  # the model reads text as UTF-8
+            except UnicodeEncodeError:  # lone surrogates: bytes on the command line that are not UTF-8
+                raise InputError(f"{name} must be UTF-8 text; got {value!r}") from None
         if isinstance(value, bytes):
             return value
-    elif dtype == types_pb2.DT_BOOL:
+    elif dtype.kind == "b":
         if isinstance(value, bool):
             return value
-    elif dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):
+    elif dtype.kind in "iu":
         if isinstance(value, int) and not isinstance(value, bool):
-            limits = np.iinfo(_NUMPY[dtype])
+            limits = np.iinfo(dtype)
             if not limits.min <= value <= limits.max:
-                raise InputError(f"{name} is out of the {np.dtype(_NUMPY[dtype]).name} range; got {value}")
+                raise InputError(f"{name} is out of the {dtype.name} range; got {value}")
             return value
     elif isinstance(value, int | float) and not isinstance(value, bool):
         return value
-    raise InputError(f"{name} must be {_KINDS.get(dtype, 'a value')}; got {value!r}")
+    raise InputError(f"{name} must be {_KINDS[dtype.kind]}; got {value!r}")
 
 
 def as_list(styles: object) -> list:

@@ -1,7 +1,8 @@
 """Errors the client raises, each with the exit code the command line uses for it.
 
 Server failures keep the server's status code and message, so an operator sees what
-tensorflow_model_server said rather than a traceback.
+tensorflow_model_server said rather than a traceback. Codes are compared by name, so this
+module does not import grpc: `nst-client --help` and usage errors stay instant.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 T = TypeVar("T")
 
@@ -22,11 +24,7 @@ EXIT_UNREACHABLE = 3  # no server at the address, or UNAVAILABLE after the retri
 EXIT_DEADLINE = 4  # the call ran past --timeout (DEADLINE_EXCEEDED)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
-_EXIT_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT: EXIT_BAD_INPUT,
-    grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_DEADLINE,
-}
+_EXIT_CODES = {"INVALID_ARGUMENT": EXIT_BAD_INPUT, "UNAVAILABLE": EXIT_UNREACHABLE, "DEADLINE_EXCEEDED": EXIT_DEADLINE}
 
 
 class ClientError(Exception):
@@ -56,7 +54,7 @@ class ServerError(ClientError):
 
     @property
     def exit_code(self) -> int:
-        return _EXIT_CODES.get(self.code, EXIT_SERVER_ERROR)
+        return _EXIT_CODES.get(self.code.name, EXIT_SERVER_ERROR)
 
 
 def clean_message(details: str) -> str:
@@ -77,7 +75,7 @@ def clean_message(details: str) -> str:
 # or out of capacity (RESOURCE_EXHAUSTED: its threads or queue are full, or, from TensorFlow, memory
 # ran out). Runs are pure functions of their inputs, so sending one again is safe; INVALID_ARGUMENT
 # and DEADLINE_EXCEEDED would only fail again.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})  # grpc.StatusCode names
 
 
 def with_retries(call: Callable[[], T], retries: int) -> T:
@@ -88,7 +86,7 @@ def with_retries(call: Callable[[], T], retries: int) -> T:
         try:
             return call()
         except ServerError as e:
-            if e.code not in RETRYABLE or attempt >= retries:
+            if e.code.name not in RETRYABLE or attempt >= retries:
                 raise
         time.sleep(min(0.25 * 2**attempt, 4.0) * random.uniform(0.8, 1.2))
         attempt += 1

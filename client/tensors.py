@@ -25,6 +25,19 @@ _TYPES: dict[int, tuple[np.dtype, str]] = {
 _ENUMS = {dtype: enum for enum, (dtype, _) in _TYPES.items() if dtype.kind != "O"}
 
 
+def numpy_dtype(enum: int) -> np.dtype | None:
+    """The numpy dtype for a TensorFlow dtype enum; None where the client cannot send it."""
+    return _TYPES[enum][0] if enum in _TYPES else None
+
+
+def dtype_name(enum: int) -> str:
+    """A dtype enum's name as TensorFlow writes it (DT_FLOAT), or its number if unknown."""
+    try:
+        return types_pb2.DataType.Name(enum)
+    except ValueError:
+        return str(enum)
+
+
 def to_proto(value: np.ndarray | bytes) -> tensor_pb2.TensorProto:
     """A TensorProto of `value`'s own dtype: bytes become a DT_STRING scalar."""
     if isinstance(value, bytes):

@@ -33,7 +33,9 @@ def script(name: str) -> pathlib.Path:
 
 
 def quiet_env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    """The environment for the console scripts, without TF_CPP_MIN_LOG_LEVEL (which conftest sets here):
+    nst-devserver and nst-client quieten TensorFlow themselves, and the tests check that they do."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
 def serving_default(serving: ServingSession, content: bytes, style: bytes | list[bytes], **options: object) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import base64
 import concurrent.futures
+import contextlib
 import http.server
 import io
 import json
@@ -18,7 +19,9 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -41,8 +44,7 @@ from tensorflow_serving.apis import (
 )
 
 from nst_client import NSTClient, RestClient, ServerError, cli, contract, errors, images, tensors
-from nst_devserver import server as ds
-from nst_model import images as model_images
+from nst_devserver import serving as ds
 from nst_model.options import DEFAULTS
 
 pytest_plugins = ["serving_fixtures"]
@@ -396,16 +398,105 @@ def read_until(stream, pattern: bytes, timeout_s: float) -> bytes:
 def test_usage_errors_exit_2(capsys, image_files):
     for argv in (
         ["only-one.png"],
-        [*image_files, "--chunk", "-1"],
         [*image_files, "-o", "out.jpg"],
         [*image_files, "--rest", "http://x", "--chunk", "5"],
         [*image_files, "-O", "steps"],
-        [*image_files, "--steps", "3", "-O", "steps=4"],
     ):
         with pytest.raises(SystemExit) as info:
             cli.main([str(a) for a in argv])
         assert info.value.code == errors.EXIT_BAD_INPUT, argv
-    capsys.readouterr()
+        err = capsys.readouterr().err
+        assert err.startswith("nst-client: error: ") and err.count("\n") == 1, err  # one line, no usage dump
+
+
+MAX = 2**63 - 1  # the largest version a ModelSpec holds (int64)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-O", "content=x"], "-O content: the images are the arguments, CONTENT STYLE [STYLE ...]"),
+        (["-O", "chunk=1"], "-O chunk: use --chunk (-O sets the model's other inputs)"),
+        (["--steps", "3", "-O", "steps=3"], "-O steps: use --steps (-O sets the model's other inputs)"),
+        (["-O", "max_dim=64"], "-O max_dim: use --max-dim (-O sets the model's other inputs)"),
+        (["-O", "progress=0"], "-O progress: not a model input; the progress bar shows unless --quiet"),
+        (["-O", "init=noise", "-O", "init=style"], "-O init is given twice"),
+        (["--chunk", "-1"], "argument --chunk: must be a whole number >= 0; got '-1'"),
+        (["--retries", "x"], "argument --retries: must be a whole number >= 0; got 'x'"),
+        *(
+            (
+                ["--model-version", v],
+                f"argument --model-version: must be a version number from 1 to {2**63 - 1}; got {v!r}",
+            )
+            for v in (str(2**63), "0", "-3", "1.5")
+        ),
+        *(
+            (["--timeout", v], f"argument --timeout: must be a finite number of seconds > 0 (0: none); got {v!r}")
+            for v in ("inf", "nan", "-1", "soon")
+        ),
+        (["--connect-timeout", "0"], "argument --connect-timeout: must be a finite number of seconds > 0; got '0'"),
+    ],
+)
+def test_bad_arguments_get_one_line_before_anything_is_sent(capsys, image_files, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*map(str, image_files), "--server", f"127.0.0.1:{closed_port()}", *argv])
+    assert info.value.code == errors.EXIT_BAD_INPUT
+    assert capsys.readouterr().err == f"nst-client: error: {message}\n"
+
+
+def test_the_limits_that_arguments_may_reach(image_files):
+    args = cli.parse_args([*map(str, image_files), "--timeout", "0", "--model-version", str(2**63 - 1)])
+    assert (args.timeout, args.model_version) == (0, 2**63 - 1)  # 0: no deadline
+    assert cli.make_client(args).timeout is None
+
+
+def test_option_text_is_sent_as_utf8_or_refused_in_one_line(devserver, capsys, image_files):
+    server = ("--server", devserver["address"], "--steps", "1", "--max-dim", "32", "--chunk", "0")
+    code, _, err = run_cli(capsys, *server, *image_files, "-O", "init=ünïcode")
+    assert code == errors.EXIT_BAD_INPUT  # sent: the model names what it takes
+    assert err.startswith("nst-client: error: INVALID_ARGUMENT: ") and err.count("\n") == 1, err
+    assert "init" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, *server, *image_files, "-O", "init=\udcff")  # argv bytes that are not UTF-8
+    assert (code, err) == (errors.EXIT_BAD_INPUT, "nst-client: error: init must be UTF-8 text; got '\\udcff'\n")
+
+
+def test_commands_do_not_import_tensorflow_before_the_arguments_pass():
+    """--help and argument errors come before grpc and TensorFlow's protos, which take seconds to load."""
+    code = (
+        "import sys\nfrom nst_client.cli import main\n"
+        "for argv in (['--help'], ['a', 'b', '--timeout', 'nan'], ['only-one.png'], ['a', 'b', '-O', 'chunk=1']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'grpc', 'tensorflow_serving'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env(), timeout=120)
+    assert "usage: nst-client" in done.stdout and "--verbose" in done.stdout
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
+
+
+def test_start_up_is_quiet():
+    """TensorFlow, loaded once the arguments pass, prints nothing: the one line is the error."""
+    port = closed_port()
+    done = subprocess.run(
+        [script("nst-client"), "--server", f"127.0.0.1:{port}", "--connect-timeout", "1", "status"],
+        capture_output=True,
+        text=True,
+        env=quiet_env(),
+        timeout=300,
+    )
+    assert done.returncode == errors.EXIT_UNREACHABLE
+    assert done.stderr.startswith(f"nst-client: error: UNAVAILABLE: cannot reach a model server at 127.0.0.1:{port}")
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_quiet_tensorflow_leaves_an_explicit_level_and_verbose_shows_all(monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    cli.quiet_tensorflow(verbose=False)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    cli.quiet_tensorflow(verbose=False)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    cli.quiet_tensorflow(verbose=True)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
 
 
 # ---- REST ----------------------------------------------------------------------------------------
@@ -539,21 +630,135 @@ def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content
 
 
 def test_files_travel_as_they_are(tmp_path):
-    jpeg = tmp_path / "photo.jpg"
-    PIL.Image.fromarray(np.uint8(make_image(30, 40) * 255)).save(jpeg, quality=80)
-    assert images.encode(jpeg) == jpeg.read_bytes()
+    pixels = np.uint8(make_image(30, 40) * 255)
+    for name, options in (("photo.jpg", {"quality": 80}), ("photo.png", {}), ("photo.gif", {})):
+        path = tmp_path / name
+        PIL.Image.fromarray(pixels).save(path, **options)
+        assert images.encode(path) == path.read_bytes(), name
     webp = tmp_path / "photo.webp"
-    PIL.Image.open(jpeg).save(webp, lossless=True)
+    PIL.Image.fromarray(pixels).save(webp, lossless=True)
     converted = images.encode(webp)
     assert converted.startswith(b"\x89PNG")  # a format the model cannot read becomes a lossless PNG
     assert np.array_equal(np.asarray(PIL.Image.open(webp)), np.asarray(PIL.Image.open(io.BytesIO(converted))))
 
 
-def test_arrays_decode_to_the_same_pixels_as_in_process():
-    for array in (make_image(20, 30, seed=3), np.uint8(make_image(20, 30, seed=4) * 255)):
-        ours = tf.io.decode_png(images.encode(array), dtype=tf.uint16)
-        theirs = tf.io.decode_png(model_images.encode(array), dtype=tf.uint16)
-        assert np.array_equal(ours, theirs)
+def bmp_top_down(pixels: np.ndarray) -> bytes:
+    """A 24-bit BMP whose rows run top-down (a negative height), one of the layouts TensorFlow misreads."""
+    height, width, _ = pixels.shape
+    padding = b"\0" * ((-3 * width) % 4)
+    rows = b"".join(pixels[y, :, ::-1].tobytes() + padding for y in range(height))  # BGR
+    info = struct.pack("<IiiHHIIiiII", 40, width, -height, 1, 24, 0, len(rows), 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info) + len(rows), 0, 0, 14 + len(info)) + info + rows
+
+
+def test_every_bmp_goes_as_a_lossless_png_of_what_pillow_decodes(tmp_path):
+    pixels = np.uint8(make_image(13, 10, seed=5) * 255)  # odd width: rows are padded
+    top_down = tmp_path / "top_down.bmp"
+    top_down.write_bytes(bmp_top_down(pixels))
+    palette = tmp_path / "palette.bmp"
+    PIL.Image.fromarray(pixels).convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=16).save(palette)
+    plain = tmp_path / "plain.bmp"
+    PIL.Image.fromarray(pixels).save(plain)
+    expected = {top_down: pixels, palette: np.asarray(PIL.Image.open(palette).convert("RGB")), plain: pixels}
+    for path, want in expected.items():
+        for sent in (images.encode(path), images.encode(path.read_bytes())):
+            assert sent.startswith(b"\x89PNG"), path
+            assert np.array_equal(np.asarray(PIL.Image.open(io.BytesIO(sent)).convert("RGB")), want), path
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "RGB", "RGBA", "I;16", "P", "PA", "La", "RGBa", "CMYK", "YCbCr",
+                                  "LAB", "HSV", "I", "F", "I;16B", "RGBX"])  # fmt: skip
+def test_pil_images_of_any_mode_become_pngs(mode):
+    """Modes PNG stores go as they are; the others become RGB, or RGBA where they have alpha: the bytes
+    nst_model's own encoder gave wherever the two already agreed."""
+    rng = np.random.default_rng(0)
+    image = PIL.Image.fromarray(rng.integers(0, 256, (6, 7, 4), np.uint8), "RGBA").convert(mode)
+    keeps = {"1", "L", "LA", "RGB", "RGBA", "I;16"}
+    alpha = {"PA": "RGBA", "La": "LA", "RGBa": "RGBA"}
+    want = image if mode in keeps else image.convert(alpha.get(mode, "RGB"))
+    buffer = io.BytesIO()
+    want.save(buffer, format="PNG")
+    assert images.encode(image) == buffer.getvalue()
+
+
+def test_arrays_become_pngs_of_the_same_pixels():
+    floats = make_image(20, 30, seed=3)
+    bytes_ = np.uint8(make_image(20, 30, seed=4) * 255)
+    for array, expected in (
+        (floats, np.round(floats * 65535)),  # float [0, 1]: 16-bit, no precision lost
+        (floats[np.newaxis], np.round(floats * 65535)),
+        (bytes_, bytes_),
+        (bytes_[..., :1], bytes_[..., :1]),
+        (bytes_[..., 0], bytes_[..., :1]),
+        (np.concatenate([bytes_, bytes_[..., :1]], -1), np.concatenate([bytes_, bytes_[..., :1]], -1)),
+    ):
+        decoded = tf.io.decode_png(images.encode(array), dtype=tf.uint16 if array.dtype.kind == "f" else tf.uint8)
+        assert np.array_equal(decoded, expected), (array.shape, array.dtype)
+
+
+def test_image_errors_are_input_errors_naming_the_image_and_file(tmp_path):
+    absent = tmp_path / "absent.png"
+    for image, name, message in (
+        (absent, "style", f"cannot read the style image {absent}: No such file or directory"),
+        (tmp_path, "content", f"the content image {tmp_path} is not a regular file: give an image file"),
+        (np.zeros((4, 4, 2), np.uint8), "content", "content array must be shaped [H, W], [H, W, 1|3|4] or"),
+        (np.full((4, 4, 3), 1.5), "style", "style float array values must be finite and within [0, 1]"),
+        (np.zeros((4, 4, 3), np.int16), "style", "style array must be uint8 (0-255) or float (0-1); got int16"),
+        (3, "content", "content must be a path, bytes, a PIL image or a numpy array; got int"),
+        (b"not an image", "style", "style image is not an image the client can read (UnidentifiedImageError)"),
+    ):
+        with pytest.raises(errors.InputError) as info:
+            images.encode(image, name)
+        assert isinstance(info.value, ValueError)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_devices_fifos_and_huge_files_are_refused_unread(tmp_path):
+    with pytest.raises(errors.InputError, match=r"^the content image /dev/zero is not a regular file"):
+        images.encode("/dev/zero", "content")  # would read until the memory ran out
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(images.encode, fifo, "style")  # would wait for a writer forever
+        try:
+            with pytest.raises(errors.InputError, match="is not a regular file"):
+                reading.result(timeout=60)
+        finally:
+            with contextlib.suppress(OSError):  # a reader stuck on open: let it go, so the pool can close
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    huge = tmp_path / "huge.ppm"
+    with huge.open("wb") as f:
+        f.truncate(images.MAX_FILE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(errors.InputError, match=r"is larger than 512 MiB, more than any image the model takes"):
+        images.encode(huge, "style")
+
+
+def test_decompression_bombs_are_refused_in_one_line(devserver, capsys, tmp_path, image_files, monkeypatch):
+    content, _ = image_files
+    warned = tmp_path / "warned.ppm"  # above Pillow's limit, which only warns, then decodes
+    warned.write_bytes(b"P6\n10000 10000\n255\n")
+    refused = tmp_path / "refused.ppm"  # above twice the limit: DecompressionBombError, not an OSError
+    refused.write_bytes(b"P6\n20000 10000\n255\n")
+    for path in (warned, refused):
+        code, _, err = run_cli(capsys, "--server", devserver["address"], content, path, "--steps", "1")
+        assert code == errors.EXIT_BAD_INPUT
+        assert err.startswith(f"nst-client: error: style image {path} is too large to decode (Image size (")
+        assert err.count("\n") == 1
+    tiff = tmp_path / "small.tiff"
+    PIL.Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tiff)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # the same refusal for a TIFF, at any size
+    with pytest.raises(errors.InputError, match="is too large to decode"):
+        images.encode(tiff, "style")
+
+
+def test_the_image_encoder_imports_neither_tensorflow_nor_grpc():
+    code = (
+        "import sys\nimport numpy as np\nfrom nst_client import images\n"
+        "images.encode(np.zeros((4, 4, 3), np.float32)), images.encode(np.zeros((4, 4, 3), np.uint8))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'grpc', 'tensorflow_serving'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env(), timeout=120)
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
 
 
 def test_tensor_protos_round_trip():

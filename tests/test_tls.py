@@ -16,7 +16,7 @@ import pytest
 from serving_helpers import serving_default
 
 from nst_client import NSTClient, cli, errors
-from nst_devserver import server as ds
+from nst_devserver import serving as ds
 
 OPENSSL = shutil.which("openssl")
 
