@@ -1,445 +1,50 @@
 """nst-devserver: a stand-in for tensorflow_model_server, for development and tests only.
 
-It answers the gRPC API the real server offers for this model (PredictionService.Predict and
-GetModelMetadata, ModelService.GetModelStatus) and runs requests the way the real server does:
-every numeric version under the model folder loaded through the TF1 Session loader, each
-request run by the SignatureDef's tensor names with no dtype conversion or shape check, the
-gRPC deadline as the Session's run timeout, the warmup requests replayed at load, and the
-real server's status codes and messages (tensorflow_serving/servables/tensorflow/predict_util.cc,
-tensorflow/cc/saved_model/util.cc, model_servers/get_model_status_impl.cc). It is no
-substitute in production: no REST API, batching, version policy, model polling or metrics;
-use the tensorflow/serving image (Dockerfile.serving) there.
+It answers the gRPC API the real server offers for this model and runs requests the way the
+real server does (see serving.py, which holds the serving side). It is no substitute in
+production: no REST API, batching, version policy, model polling or metrics; use the
+tensorflow/serving image (Dockerfile.serving) there.
 
-Unlike the real server it bounds how many Predict calls run at once (`--max-concurrent`) and
-how many wait for a turn (`--max-queue`), refusing the rest with RESOURCE_EXHAUSTED: each run
-takes every core and holds its activations, so a development machine is better off saying
-"later" than swapping.
+This module parses the command line before TensorFlow is imported, so `--help` and usage
+errors are instant, and it keeps TensorFlow's start-up log lines off the terminal (`--verbose`
+shows them): they are noise, and some look like failures (`failed call to cuInit: INTERNAL`
+on a machine without a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
-import dataclasses
 import os
-import pathlib
 import signal
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+import tempfile
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
-import grpc
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_log_pb2,
-    prediction_service_pb2_grpc,
-)
-
-from nst_model.session import DEFAULT_SIGNATURE, ServingSession
-
-WARMUP_FILE = pathlib.Path("assets.extra", "tf_serving_warmup_requests")  # the name the real server reads
-MESSAGE_LIMIT = 1024  # the real server truncates longer error messages (grpc_status_util.cc)
-T = TypeVar("T")
-GRPC_OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))
-_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
-SPARE_THREADS = 4  # threads beyond the run slots and the queue: metadata and status calls never wait
-# Output dtypes and the TensorProto field the real server fills for them (Tensor::AsProtoField).
-_PROTO_FIELDS = {
-    np.dtype(np.float32): "float_val",
-    np.dtype(np.float64): "double_val",
-    np.dtype(np.int32): "int_val",
-    np.dtype(np.int16): "int_val",
-    np.dtype(np.int8): "int_val",
-    np.dtype(np.uint8): "int_val",
-    np.dtype(np.int64): "int64_val",
-    np.dtype(np.bool_): "bool_val",
-    np.dtype(object): "string_val",
-}
+from nst_client.cli import quiet_tensorflow
 
 
-class ServingError(Exception):
-    """A failed call, with the status code and message the real server would return."""
+def __getattr__(name: str) -> object:
+    """The serving side's names (Model, serve, RunSlots, ...), for callers that import them from here:
+    loaded, with TensorFlow, on first use. Dunder names are the import system's probes (`__path__`)."""
+    if not name.startswith("__"):
+        from nst_devserver import serving
 
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+        if hasattr(serving, name):
+            return getattr(serving, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _join(names: Iterable[str]) -> str:
-    return ",".join(sorted(names))  # the server joins std::set<string>: sorted
+class StartError(Exception):
+    """Start-up failed: the message for the user and the exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-@dataclasses.dataclass
-class Model:
-    """One model name with its loaded versions; the newest serves requests that name none."""
-
-    name: str
-    versions: dict[int, ServingSession]
-
-    @classmethod
-    def load(cls, model_dir: str | os.PathLike, name: str | None = None) -> Model:
-        """Every numeric version folder under `model_dir`, as the server lays them out."""
-        model_dir = pathlib.Path(model_dir)
-        found = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-        if not found:
-            raise FileNotFoundError(f"no version folders (1, 2, ...) with a SavedModel under {model_dir}")
-        return cls(name or model_dir.resolve().name, {v: ServingSession(model_dir / str(v)) for v in found})
-
-    def close(self) -> None:
-        for session in self.versions.values():
-            session.close()
-
-    def warm_up(self) -> int:
-        """Replay each version's warmup requests with no deadline, as the server does at load.
-
-        Any failure fails the load. Returns how many requests ran.
-        """
-        count = 0
-        for version, session in self.versions.items():
-            path = pathlib.Path(session.path, WARMUP_FILE)
-            if not path.exists():
-                continue
-            for record in tf.data.TFRecordDataset(str(path)):
-                log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-                if log.WhichOneof("log_type") != "predict_log":
-                    raise RuntimeError(f"{path}: only Predict warmup requests are supported here")
-                try:
-                    _run_predict(session, version, log.predict_log.request, timeout_ms=0)
-                except ServingError as e:
-                    raise RuntimeError(f"warmup of {self.name} version {version} failed: {e}") from None
-                count += 1
-        return count
-
-    # ---- the three calls -------------------------------------------------------------------
-
-    def predict(self, request: predict_pb2.PredictRequest, timeout_ms: int = 0) -> predict_pb2.PredictResponse:
-        """PredictionService.Predict; `timeout_ms` (0: none) bounds the Session run, as the deadline does."""
-        if not request.HasField("model_spec"):
-            raise _invalid("Missing ModelSpec")
-        version, session = self._servable(request.model_spec)
-        return _run_predict(session, version, request, timeout_ms)
-
-    def metadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest
-    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        """PredictionService.GetModelMetadata: the SignatureDefs, the only metadata the server has."""
-        if not request.HasField("model_spec"):
-            raise _invalid("Missing ModelSpec")
-        if not request.metadata_field:
-            raise _invalid("GetModelMetadataRequest must specify at least one metadata_field")
-        for field in request.metadata_field:
-            if field != "signature_def":
-                raise _invalid(f"Metadata field {field} is not supported")
-        version, session = self._servable(request.model_spec)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in session.meta_graph.signature_def.items():
-            signature_map.signature_def[key].CopyFrom(signature)
-        response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=model_pb2.ModelSpec(name=self.name))
-        response.model_spec.version.value = version
-        response.metadata["signature_def"].Pack(signature_map)
-        return response
-
-    def status(
-        self, request: get_model_status_pb2.GetModelStatusRequest
-    ) -> get_model_status_pb2.GetModelStatusResponse:
-        """ModelService.GetModelStatus: every loaded version is AVAILABLE (a failed load stops the server)."""
-        if not request.HasField("model_spec"):
-            raise _invalid("Missing ModelSpec")
-        spec = request.model_spec
-        if spec.HasField("version"):
-            if spec.name != self.name or spec.version.value not in self.versions:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}"
-                )
-            versions = [spec.version.value]
-        elif spec.name != self.name:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
-        else:
-            versions = sorted(self.versions, reverse=True)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for version in versions:
-            response.model_version_status.add(version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
-        return response
-
-    def _servable(self, spec: model_pb2.ModelSpec) -> tuple[int, ServingSession]:
-        """The version a ModelSpec asks for (server_core.cc, basic_manager.cc)."""
-        if not spec.name:
-            raise _invalid("ModelSpec has no name specified.")
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version_label":
-            raise _invalid(f"Unrecognized servable version label: {spec.version_label}")
-        version = spec.version.value if choice == "version" else max(self.versions)
-        if spec.name != self.name or version not in self.versions:
-            wanted = f"Specific({spec.name}, {version})" if choice == "version" else f"Latest({spec.name})"
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
-        return version, self.versions[version]
-
-
-def _run_predict(
-    session: ServingSession, version: int, request: predict_pb2.PredictRequest, timeout_ms: int
-) -> predict_pb2.PredictResponse:
-    """Predict on one loaded version, with the real server's checks (predict_util.cc RunPredict)."""
-    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    if name not in session.signatures:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
-    signature = session.signatures[name]
-    feeds = _input_values(signature, request)
-    outputs = _output_aliases(signature, request.output_filter)
-    try:
-        values = session.run(name, feeds, outputs, timeout_ms=timeout_ms)
-    except tf.errors.OpError as e:
-        raise ServingError(_STATUS_CODES[e.error_code], e.message) from None
-    response = predict_pb2.PredictResponse(
-        model_spec=model_pb2.ModelSpec(name=request.model_spec.name, signature_name=name)
-    )
-    response.model_spec.version.value = version
-    for alias, value in values.items():
-        response.outputs[alias].CopyFrom(as_proto_field(value))
-    return response
-
-
-def _input_values(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
-    """Request inputs, and signature defaults for the rest, exactly as the server admits them."""
-    given, expected = set(request.inputs), set(signature.inputs)
-    if len(given) > len(expected) or (len(given) < len(expected) and not signature.defaults):
-        raise _invalid(
-            f"input size does not match signature: {len(given)}!={len(expected)} len({{{_join(given)}}}) != "
-            f"len({{{_join(expected)}}}). Sent extra: {{{_join(given - expected)}}}. "
-            f"Missing but required: {{{_join(expected - given)}}}."
-        )
-    feeds = {}
-    for alias in sorted(expected):
-        if alias in given:
-            proto = request.inputs[alias]
-        elif alias in signature.defaults:
-            proto = signature.defaults[alias]
-        else:
-            raise _invalid(
-                f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not found in request "
-                f"and no default value provided. Inputs expected to be in the request {{{_join(given)}}}, "
-                f"or default input alias set: {_join(signature.defaults)}"
-            )
-        try:
-            feeds[alias] = _from_proto(proto)
-        except (TypeError, ValueError):
-            raise _invalid(f"tensor parsing error: {alias}") from None
-    if given - expected:
-        raise _invalid(
-            f"Inputs contains invalid name. Used request inputs: {_join(given & expected)}, "
-            f"request input: {_join(given)}"
-        )
-    return feeds
-
-
-def _from_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """tf.make_ndarray, with a fast path for full `float_val` fields: the form the server's own
-    outputs take, which chunked clients send back (make_ndarray reads it value by value)."""
-    shape = [d.size for d in proto.tensor_shape.dim]
-    full = len(proto.float_val) == np.prod(shape) and not proto.tensor_content
-    if proto.dtype == tf.float32.as_datatype_enum and full:
-        return np.asarray(proto.float_val, np.float32).reshape(shape)
-    return tf.make_ndarray(proto)
-
-
-def _output_aliases(signature: meta_graph_pb2.SignatureDef, output_filter: Iterable[str]) -> list[str] | None:
-    """The outputs to fetch: the filter if any, checked as the server checks it; None for all."""
-    aliases: list[str] = []
-    for alias in output_filter:
-        if alias not in signature.outputs:
-            raise _invalid(
-                f"output tensor alias not found in signature: {alias} "
-                f"Outputs expected to be in the set {{{_join(signature.outputs)}}}."
-            )
-        if alias in aliases:
-            raise _invalid(f"duplicate output tensor alias: {alias}")
-        aliases.append(alias)
-    return aliases or None
-
-
-def as_proto_field(value: np.ndarray) -> tensor_pb2.TensorProto:
-    """An output as the real server sends it: values in the typed repeated field, not tensor_content."""
-    # A scalar string comes out of the Session as bytes; np.asarray would make it a fixed-width
-    # numpy string and drop trailing NUL bytes.
-    value = np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
-    field = _PROTO_FIELDS.get(value.dtype)
-    if field is None:
-        return tf.make_tensor_proto(value)
-    proto = tensor_pb2.TensorProto(
-        dtype=tf.as_dtype(value.dtype).as_datatype_enum, tensor_shape=tf.TensorShape(value.shape).as_proto()
-    )
-    getattr(proto, field).extend(value.ravel().tolist())
-    return proto
-
-
-# ---- gRPC --------------------------------------------------------------------------------------
-
-
-def _timeout_ms(context: grpc.ServicerContext) -> int:
-    """The call's deadline as a Session run timeout; 0 (none) when the client set no deadline."""
-    remaining = context.time_remaining()
-    if remaining is None or remaining > 2**31 / 1000:
-        return 0
-    return max(1, int(remaining * 1000))  # an expired deadline still stops the run at once
-
-
-def _answer(context: grpc.ServicerContext, call: Callable[[], T]) -> T:
-    """`call()`'s response, or the call aborted with the ServingError's code and (truncated) message."""
-    try:
-        return call()
-    except ServingError as e:
-        message = e.message if len(e.message) <= MESSAGE_LIMIT else e.message[:MESSAGE_LIMIT] + "...TRUNCATED"
-        context.abort(e.code, message)
-
-
-class RunSlots:
-    """At most `running` Predict calls at once, at most `waiting` more queued for a turn.
-
-    A call beyond the queue is refused at once with RESOURCE_EXHAUSTED, which clients may retry
-    (nothing ran). A queued call whose deadline passes, or whose client cancels, leaves the queue
-    without running.
-    """
-
-    def __init__(self, running: int, waiting: int):
-        self.max_running, self.max_waiting = running, waiting
-        self.running = 0
-        self.waiting = 0
-        self._turn = threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self, context: grpc.ServicerContext) -> Iterator[None]:
-        """A run slot for the duration of the block, waiting in the queue if need be."""
-        with self._turn:
-            if self.running >= self.max_running:
-                self._wait(context)
-            self.running += 1
-        try:
-            yield
-        finally:
-            with self._turn:
-                self.running -= 1
-                self._turn.notify_all()
-
-    def _wait(self, context: grpc.ServicerContext) -> None:
-        """Wait (holding the lock) until a slot is free; raise if the queue is full or the call ends."""
-        if self.waiting >= self.max_waiting:
-            raise ServingError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server busy: {self.max_running} running (--max-concurrent) and {self.max_waiting} queued "
-                "(--max-queue) already; retry later",
-            )
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        context.add_callback(self._wake)  # a cancelled call stops waiting at once
-        self.waiting += 1
-        try:
-            while self.running >= self.max_running:
-                if not context.is_active():
-                    raise ServingError(grpc.StatusCode.CANCELLED, "the client cancelled the call while it was queued")
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while queued for a run")
-                self._turn.wait(left)
-        finally:
-            self.waiting -= 1
-
-    def _wake(self) -> None:
-        with self._turn:
-            self._turn.notify_all()
-
-
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService: Predict (bounded by `slots`) and GetModelMetadata."""
-
-    def __init__(self, model: Model, slots: RunSlots):
-        self.model = model
-        self.slots = slots
-
-    def Predict(
-        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
-    ) -> predict_pb2.PredictResponse:
-        def run() -> predict_pb2.PredictResponse:
-            with self.slots.hold(context):
-                return self.model.predict(request, _timeout_ms(context))  # the deadline left after queueing
-
-        return _answer(context, run)
-
-    def GetModelMetadata(
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
-    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        return _answer(context, lambda: self.model.metadata(request))
-
-
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """tensorflow.serving.ModelService: GetModelStatus."""
-
-    def __init__(self, model: Model):
-        self.model = model
-
-    def GetModelStatus(
-        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
-    ) -> get_model_status_pb2.GetModelStatusResponse:
-        return _answer(context, lambda: self.model.status(request))
-
-
-def serve(
-    model: Model,
-    host: str = "127.0.0.1",
-    port: int = 8500,
-    *,
-    slots: RunSlots | None = None,
-    credentials: grpc.ServerCredentials | None = None,
-) -> tuple[grpc.Server, int]:
-    """Start serving `model`, with Predict calls bounded by `slots` (default: one run per CPU,
-    four queued per CPU) and over TLS with `credentials`; returns the server and its port
-    (useful with port 0: any free one)."""
-    cores = os.cpu_count() or 1
-    slots = slots or RunSlots(running=cores, waiting=4 * cores)
-    # A queued call holds a thread, so the pool covers the slots and the queue; gRPC refuses
-    # calls beyond it (RESOURCE_EXHAUSTED) rather than queueing them where no deadline is checked.
-    threads = slots.max_running + slots.max_waiting + SPARE_THREADS
-    server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="nst-devserver"),
-        options=GRPC_OPTIONS,
-        maximum_concurrent_rpcs=threads,
-    )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model, slots), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if credentials is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, credentials)
-    except RuntimeError as e:
-        raise OSError(f"cannot listen on {address}: {e}") from None
-    server.start()
-    return server, bound
-
-
-def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
-    """TLS credentials from PEM files; with `client_ca`, clients must present a certificate it signed."""
-    roots = pathlib.Path(client_ca).read_bytes() if client_ca else None
-    key_and_chain = (pathlib.Path(key).read_bytes(), pathlib.Path(cert).read_bytes())
-    return grpc.ssl_server_credentials([key_and_chain], root_certificates=roots, require_client_auth=bool(roots))
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nst-devserver",
         description="Serve an exported model over TensorFlow Serving's gRPC API, for development and tests. "
@@ -472,39 +77,30 @@ def main(argv: list[str] | None = None) -> int:
     tls.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
     tls.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     tls.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's start-up log lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_concurrent < 1 or args.max_queue < 0:
         parser.error("--max-concurrent must be at least 1 and --max-queue at least 0")
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         parser.error("--tls-cert and --tls-key go together; --tls-client-ca needs both")
-    credentials = None
-    if args.tls_cert:
-        try:
-            credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
-        except OSError as e:
-            parser.error(f"cannot read {e.filename}: {e.strerror}")
-
+    quiet_tensorflow(args.verbose)
     try:
-        model = Model.load(args.model_dir, args.model_name)
-    except (OSError, tf.errors.OpError) as e:
-        parser.exit(2, f"nst-devserver: error: cannot load {args.model_dir}: {e}\n")
-    try:
-        warmed = model.warm_up()
-        server, port = serve(
-            model,
-            args.host,
-            args.port,
-            slots=RunSlots(args.max_concurrent, args.max_queue),
-            credentials=credentials,
-        )
-    except (RuntimeError, OSError) as e:
-        model.close()
-        parser.exit(1, f"nst-devserver: error: {e}\n")
+        with start_up_output(hidden=not args.verbose):
+            started = start(args)
+    except StartError as e:
+        parser.exit(e.exit_code, f"nst-devserver: error: {e}\n")
+    model, server = started.model, started.server
     versions = ", ".join(str(v) for v in sorted(model.versions))
     print(
-        f"nst-devserver: serving model {model.name!r} (versions {versions}; {warmed} warmup requests replayed) "
-        f"on {args.host}:{port}; {'TLS' if credentials else 'plaintext'}, {args.max_concurrent} runs at once, "
-        f"{args.max_queue} queued; a development stand-in for tensorflow_model_server",
+        f"nst-devserver: serving model {model.name!r} (versions {versions}; {started.warmed} warmup requests "
+        f"replayed) on {args.host}:{started.port}; {'TLS' if started.tls else 'plaintext'}, "
+        f"{args.max_concurrent} runs at once, {args.max_queue} queued; a development stand-in for "
+        "tensorflow_model_server",
         flush=True,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -512,6 +108,71 @@ def main(argv: list[str] | None = None) -> int:
     server.wait_for_termination()
     model.close()
     return 0
+
+
+class Started(NamedTuple):
+    model: Any  # serving.Model; serving.py is imported only after the arguments are parsed
+    server: Any  # grpc.Server
+    port: int
+    warmed: int  # warmup requests replayed
+    tls: bool
+
+
+def start(args: argparse.Namespace) -> Started:
+    """Import TensorFlow, load and warm up every version, and listen."""
+    import tensorflow as tf
+
+    from nst_devserver.serving import Model, RunSlots, serve, server_credentials
+
+    credentials = None
+    if args.tls_cert:
+        try:
+            credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except OSError as e:
+            raise StartError(f"cannot read {e.filename}: {e.strerror}", 2) from None
+    try:
+        model = Model.load(args.model_dir, args.model_name)
+    except (OSError, tf.errors.OpError) as e:
+        raise StartError(f"cannot load {args.model_dir}: {e}", 2) from None
+    try:
+        warmed = model.warm_up()
+        slots = RunSlots(args.max_concurrent, args.max_queue)
+        server, port = serve(model, args.host, args.port, slots=slots, credentials=credentials)
+    except (RuntimeError, OSError) as e:
+        model.close()
+        raise StartError(str(e), 1) from None
+    return Started(model, server, port, warmed, tls=credentials is not None)
+
+
+@contextlib.contextmanager
+def start_up_output(hidden: bool) -> Iterator[None]:
+    """With `hidden`, what the process writes to stderr during the block goes to a file, shown only if
+    the block fails.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach every line: TensorFlow also logs through absl
+    ("WARNING: All log messages before absl::InitializeLog() ...", "MLIR V1 optimization pass is
+    not enabled" at the first Session run), which nothing outside C++ can configure. The file
+    descriptor is what catches them all.
+    """
+    if not hidden:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode(errors="replace"))
+                sys.stderr.flush()
 
 
 if __name__ == "__main__":

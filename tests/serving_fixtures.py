@@ -31,14 +31,14 @@ def model_base(exported, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def devserver(model_base, tmp_path_factory) -> dict:
-    """nst-devserver on a free loopback port: {"address": "127.0.0.1:PORT", "banner": first line}."""
+    """nst-devserver on a free loopback port: {"address": "127.0.0.1:PORT", "banner": first line, ...}."""
     with running_devserver(model_base, tmp_path_factory.mktemp("devserver") / "stderr.log") as server:
         yield server
 
 
 @contextlib.contextmanager
 def running_devserver(model_base: pathlib.Path, log: pathlib.Path, *flags: str) -> Iterator[dict]:
-    """nst-devserver with `flags`, stopped on exit: {"address", "banner", "process"}; stderr goes to `log`."""
+    """nst-devserver with `flags`, stopped on exit: {"address", "banner", "process", "log"}; stderr goes to `log`."""
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [script("nst-devserver"), "--model-dir", str(model_base), "--port", "0", *flags],
@@ -52,7 +52,7 @@ def running_devserver(model_base: pathlib.Path, log: pathlib.Path, *flags: str) 
         match = re.search(r" on (\S+):(\d+);", banner)
         if not match:
             pytest.fail(f"nst-devserver did not start: {banner!r}\n{log.read_text()[-3000:]}")
-        yield {"address": f"{match[1]}:{match[2]}", "banner": banner, "process": process}
+        yield {"address": f"{match[1]}:{match[2]}", "banner": banner, "process": process, "log": log}
     finally:
         process.terminate()
         try:

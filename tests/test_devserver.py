@@ -6,7 +6,11 @@ a few others drive the same code in-process with the `serving` fixture's Session
 
 from __future__ import annotations
 
+import os
+import pathlib
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +18,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_helpers import SERVED_VERSIONS, serving_default, wait_for
+from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default, wait_for
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -24,7 +29,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from nst_devserver import server as ds
+from nst_devserver import server as cli
+from nst_devserver import serving as ds
 from nst_export.exporter import read_warmup
 from nst_model.options import DEFAULTS
 
@@ -141,10 +147,93 @@ def test_missing_and_extra_inputs(predictions, serving, content_png, style_png):
     assert error.details().endswith("Missing but required: {" + ",".join(sorted(signature.inputs)) + "}.")
 
 
-def test_dtypes_are_not_converted(predictions, content_png, style_png):
+def test_dtypes_are_not_converted_and_a_wrong_one_is_named(predictions, content_png, style_png):
     error = fails(predictions.Predict, request(**{**small(content_png, style_png), "steps": np.int64(2)}))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "to be int32 but int64 is provided" in error.details()
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Expects input steps to be int32 but int64 is provided",  # the Session's words, with the input's name
+    )
+    error = fails(predictions.Predict, request("decode", image=content_png, max_dim=np.float32(16)))
+    assert error.details() == "Expects input max_dim to be int32 but float is provided"
+
+
+@pytest.mark.parametrize("dtype", [types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT])
+def test_resource_and_variant_tensors_are_refused_naming_the_input(predictions, content_png, dtype):
+    req = request("decode", image=content_png)
+    req.inputs["max_dim"].CopyFrom(tensor_pb2.TensorProto(dtype=dtype))
+    error = fails(predictions.Predict, req)
+    kind = types_pb2.DataType.Name(dtype).removeprefix("DT_").lower()
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"Expects input max_dim to be int32 but {kind} is provided",
+    )
+    with pytest.raises(ds.ServingError) as info:  # and the parser refuses them whatever the signature says
+        ds.tensor_from_proto("handle", tensor_pb2.TensorProto(dtype=dtype))
+    assert info.value.message == f"tensor parsing error: handle: {kind} tensors cannot come from a request"
+
+
+def declared(dtype: int, shape: list[int], **fields) -> tensor_pb2.TensorProto:
+    """A TensorProto built by hand: a shape and whatever values the test gives, checked by nobody."""
+    dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in shape]
+    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims), **fields)
+
+
+def peak_rss_kib(pid: int, reset: bool = False) -> int:
+    """The process's peak resident memory (VmHWM); `reset` first sets the peak to the current RSS."""
+    if reset:
+        pathlib.Path(f"/proc/{pid}/clear_refs").write_text("5")
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1])
+
+
+def test_huge_declared_shapes_are_refused_before_anything_is_allocated(devserver, predictions, content_png):
+    """A few bytes declaring 4 TiB, 512 MiB or 4M strings: refused by their declared size, and the
+    server's peak memory does not move (each used to be allocated, or tried, before anything else)."""
+    pid = devserver["process"].pid
+    before = peak_rss_kib(pid, reset=True)
+    cases = {
+        "4 TiB of float": ("pixels", "content", declared(types_pb2.DT_FLOAT, [1, 2**20, 2**20, 1], float_val=[0.5])),
+        "512 MiB of float": ("pixels", "content", declared(types_pb2.DT_FLOAT, [1, 2**13, 2**14, 1], float_val=[0.5])),
+        "4M strings": ("", "content", declared(types_pb2.DT_STRING, [2**22], string_val=[content_png])),
+        "short tensor_content": (
+            "pixels",
+            "content",
+            declared(types_pb2.DT_FLOAT, [1, 64, 64, 3], tensor_content=b"\0" * 8),
+        ),
+        "more values than the shape": ("decode", "max_dim", declared(types_pb2.DT_INT32, [], int_val=[16, 32])),
+        "negative dimension": ("decode", "max_dim", declared(types_pb2.DT_INT32, [-1], int_val=[16])),
+    }
+    messages = {}
+    for case, (signature, alias, proto) in cases.items():
+        req = request(signature, image=content_png) if signature == "decode" else request(signature)
+        req.inputs[alias].CopyFrom(proto)
+        error = fails(predictions.Predict, req)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+        messages[case] = error.details()
+        assert messages[case].startswith(f"tensor parsing error: {alias}: "), case
+    assert (
+        "declares 1099511627776 elements (4398046511104 bytes), more than a request can carry"
+        in messages["4 TiB of float"]
+    )
+    assert (
+        "float_val has 1 values for shape [1, 8192, 16384, 1] of 134217728 elements: send every value"
+        in (messages["512 MiB of float"])
+    )
+    assert "string_val has 1 values for shape [4194304] of 4194304 elements" in messages["4M strings"]
+    assert messages["more values than the shape"].endswith("int_val has 2 values for shape [] of 1 elements")
+    assert "tensor_content holds 8 bytes; shape [1, 64, 64, 3] of float needs 49152" in messages["short tensor_content"]
+    assert peak_rss_kib(pid) - before < 64 * 1024  # a single 512 MiB tensor would show eight times over
+    response = predictions.Predict(request("decode", image=content_png, max_dim=np.int32(16)), timeout=60)
+    assert response.outputs["pixels"].float_val  # and the next request is served
+
+
+def test_short_typed_fields_are_filled_as_tensorflow_fills_them():
+    filled = ds.tensor_from_proto("x", declared(types_pb2.DT_FLOAT, [2, 3], float_val=[1.0, 2.0]))
+    assert filled.tolist() == [[1, 2, 2], [2, 2, 2]]  # the last value repeats (tensor.cc FromProtoField)
+    assert ds.tensor_from_proto("x", declared(types_pb2.DT_INT32, [4])).tolist() == [0, 0, 0, 0]
+    assert ds.tensor_from_proto("x", declared(types_pb2.DT_STRING, [2], string_val=[b"a"])).tolist() == [b"a", b"a"]
+    with pytest.raises(ds.ServingError, match="short fields are filled only up to 65536 elements"):
+        ds.tensor_from_proto("x", declared(types_pb2.DT_FLOAT, [ds.MAX_FILL + 1], float_val=[1.0]))
 
 
 def test_graph_errors_keep_their_code_and_message(predictions, content_png, style_png):
@@ -215,6 +304,49 @@ def test_binds_loopback_and_replays_the_warmup_requests(devserver, exported):
     assert re.search(r"; plaintext, \d+ runs at once, \d+ queued;", devserver["banner"])
 
 
+# ---- start-up: quiet, and no TensorFlow for --help ----------------------------------------------
+
+
+def test_start_up_is_quiet(devserver):
+    """The session's server started without TF_CPP_MIN_LOG_LEVEL (quiet_env): none of TensorFlow's
+    start-up lines (cuInit, CPU features, absl's MLIR line at the first run) reached its stderr."""
+    assert devserver["log"].read_text() == ""
+
+
+def test_a_failed_start_is_one_line(tmp_path):
+    absent = tmp_path / "absent"  # fails after TensorFlow is imported, when its start-up lines are out
+    done = subprocess.run(
+        [script("nst-devserver"), "--model-dir", absent], capture_output=True, text=True, env=quiet_env(), timeout=300
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"nst-devserver: error: cannot load {absent}: [Errno 2] No such file or directory: '{absent}'\n"
+    )
+
+
+def test_start_up_output_is_hidden_unless_the_start_fails(capfd):
+    with cli.start_up_output(hidden=True):
+        os.write(2, b"I0000 00:00:1.0 1 mlir_graph_optimization_pass.cc:437] MLIR V1 optimization pass is off\n")
+    assert capfd.readouterr().err == ""
+    with pytest.raises(cli.StartError), cli.start_up_output(hidden=True):
+        os.write(2, b"E why the load failed\n")
+        raise cli.StartError("cannot load", 2)
+    assert capfd.readouterr().err == "E why the load failed\n"
+    with cli.start_up_output(hidden=False):  # --verbose
+        os.write(2, b"I shown\n")
+    assert capfd.readouterr().err == "I shown\n"
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys\nfrom nst_devserver.server import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tensorflow_serving'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env(), timeout=120)
+    assert "usage: nst-devserver" in done.stdout and "--verbose" in done.stdout
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
+
+
 # ---- in-process: deadline, warmup, loading, message limits ---------------------------------------
 
 
@@ -241,7 +373,7 @@ def test_load_takes_numeric_folders_and_the_folder_name(exported, tmp_path):
     finally:
         model.close()
     with pytest.raises(SystemExit) as info:
-        ds.main(["--model-dir", str(tmp_path / "absent")])
+        cli.main(["--model-dir", str(tmp_path / "absent")])
     assert info.value.code == 2
 
 
@@ -272,8 +404,8 @@ def test_inputs_read_both_tensor_forms():
     values = np.arange(24, dtype=np.float32).reshape(1, 2, 4, 3)
     typed = ds.as_proto_field(values)  # float_val, as outputs go out and chunked clients send them back
     for proto in (typed, tf.make_tensor_proto(values)):  # and tensor_content
-        assert np.array_equal(ds._from_proto(proto), values)
-    assert ds._from_proto(tf.make_tensor_proto(np.array(b"png", object))) == b"png"
+        assert np.array_equal(ds.tensor_from_proto("x", proto), values)
+    assert ds.tensor_from_proto("x", tf.make_tensor_proto(np.array(b"png", object))) == b"png"
 
 
 # ---- overload: run slots and the wait queue --------------------------------------------------------
@@ -386,6 +518,6 @@ def test_limit_and_tls_flags_are_checked_before_loading(tmp_path, capsys):
         (["--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(tmp_path / "no.pem")], "no.pem: No such file"),
     ):
         with pytest.raises(SystemExit) as info:
-            ds.main(["--model-dir", str(tmp_path / "absent"), *argv])
+            cli.main(["--model-dir", str(tmp_path / "absent"), *argv])
         assert info.value.code == 2
         assert message in capsys.readouterr().err
