@@ -6,46 +6,52 @@ the warmup requests the server replays at load time and export_info.json.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
-import time
 
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from nst_model.model import SIGNATURES, StyleTransfer
-from nst_model.options import CONTENT_LAYER, DEFAULTS, MAX_INPUT_PIXELS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PRECISIONS
+from nst_model.model import StyleTransfer
+from nst_model.options import DEFAULTS, MAX_INPUT_PIXELS, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from nst_model.runner import Stylizer
 from nst_model.session import ServingSession
-from nst_model.vgg import WeightsError, load_weights
+from nst_model.signatures import SIGNATURES, Servable
+from nst_model.vgg import load_weights
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 INFO_FILE = "export_info.json"
 
 
-def warmup_requests(model_name: str) -> list[predict_pb2.PredictRequest]:
-    """One tiny request per signature (16 px images, 1 step), so first real calls start warm."""
-    pixels = np.random.default_rng(0).random((1, MIN_SIDE, MIN_SIDE, 3), dtype=np.float32)
-    png = tf.io.encode_png(tf.image.convert_image_dtype(pixels[0], tf.uint8)).numpy()
-    png, pixels = tf.make_tensor_proto(png), tf.make_tensor_proto(pixels)
-    one_step, small = tf.make_tensor_proto(1, tf.int32), tf.make_tensor_proto(MIN_SIDE, tf.int32)
-    inputs = {
-        "serving_default": {"content": png, "style": png, "steps": one_step, "max_dim": small},
-        "pixels": {"content": pixels, "style": pixels, "steps": one_step},
-        "decode": {"image": png, "max_dim": small},
-    }
+def warmup_requests(model_name: str, servable: Servable) -> list[predict_pb2.PredictRequest]:
+    """The calls tiny runs make (16 px images), recorded from the chunk loop itself: a single
+    serving_default call, and for each optimiser a chunked run's decode calls, its first, middle and
+    last pixels calls. The server prepares a Session executor for each set of inputs and outputs
+    the first time it meets it (seconds): replayed at load, these leave none to prepare later."""
+    pixels = np.random.default_rng(0).random((MIN_SIDE, MIN_SIDE, 3), dtype=np.float32)
+    png = tf.io.encode_png(tf.image.convert_image_dtype(pixels, tf.uint8)).numpy()
     requests = []
-    for signature, feeds in inputs.items():
-        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
-        for name, proto in feeds.items():
-            request.inputs[name].CopyFrom(proto)
+    in_process = Stylizer.from_module(servable)
+
+    def recording(signature, inputs, outputs):
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature), output_filter=list(outputs)
+        )
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         requests.append(request)
+        return in_process.call(signature, inputs, outputs)
+
+    record = Stylizer(recording, in_process.defaults)
+    record.run(png, png, steps=1, max_dim=MIN_SIDE, chunk=0, progress=False)
+    for optimizer in ("lbfgs", "adam"):
+        options = {} if optimizer == DEFAULTS["optimizer"] else {"optimizer": optimizer}
+        record.run(png, png, steps=3, max_dim=MIN_SIDE, chunk=1, progress=False, **options)
     return requests
 
 
@@ -71,7 +77,7 @@ def verify(path: pathlib.Path) -> None:
             raise RuntimeError(f"{path}: signatures {sorted(missing)} missing from the export")
         for request in read_warmup(path / "assets.extra" / WARMUP_FILE):
             feeds = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            outputs = session.run(request.model_spec.signature_name, feeds)
+            outputs = session.run(request.model_spec.signature_name, feeds, list(request.output_filter))
             for name, value in outputs.items():
                 if np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all():
                     raise RuntimeError(f"{path}: warmup of {request.model_spec.signature_name} gave non-finite {name}")
@@ -84,7 +90,7 @@ def verify(path: pathlib.Path) -> None:
 
 
 def describe(path: pathlib.Path) -> str:
-    """The signatures as the server sees them: inputs with dtype, shape and default; outputs."""
+    """The signatures as the server sees them: inputs with dtype and default; outputs."""
     session = ServingSession(path)
     lines = []
     try:
@@ -93,21 +99,18 @@ def describe(path: pathlib.Path) -> str:
             signature = session.signature(name)
             for direction, tensors in (("in ", signature.inputs), ("out", signature.outputs)):
                 for key in sorted(tensors):
-                    info = tensors[key]
-                    dtype = tf.dtypes.as_dtype(info.dtype).name
-                    shape = [d.size for d in info.tensor_shape.dim]
-                    default = _default_of(session, info.name) if direction == "in " else ""
-                    lines.append(f"  {direction} {key:<15} {dtype:<8} {shape!s:<18} {default}")
+                    dtype = tf.dtypes.as_dtype(tensors[key].dtype).name
+                    default = ""
+                    if direction == "in ":
+                        given = signature.defaults.get(key)
+                        default = _shown(tf.make_ndarray(given)) if given is not None else "required"
+                    lines.append(f"  {direction} {key:<15} {dtype:<8} {default}".rstrip())
     finally:
         session.close()
     return "\n".join(lines)
 
 
-def _default_of(session: ServingSession, tensor_name: str) -> str:
-    tensor = session.graph.get_tensor_by_name(tensor_name)
-    if tensor.op.type != "PlaceholderWithDefault":
-        return "required"
-    value = np.asarray(session.session.run(tensor))
+def _shown(value: np.ndarray) -> str:
     if value.size == 0:
         return "default: empty"
     shown = [
@@ -135,14 +138,14 @@ def export(
     target = model_dir / str(version)
     if target.exists():
         raise FileExistsError(f"{target} already exists; pick another --version or leave it out")
-    arrays, weights_path, weights_sha = load_weights(weights, CONTENT_LAYER)
-    module = StyleTransfer(arrays, precision)
+    arrays, weights_path, weights_sha = load_weights(weights)
+    module = Servable(StyleTransfer(arrays, precision))
     # A sibling folder whose name is not a number: the server's poller ignores it until the rename.
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}-staging-", dir=model_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
-        write_warmup(staging / "assets.extra" / WARMUP_FILE, warmup_requests(model_dir.name))
+        write_warmup(staging / "assets.extra" / WARMUP_FILE, warmup_requests(model_dir.name, module))
         info = {
             "tensorflow": tf.__version__,
             "weights_file": weights_path.name,
@@ -165,37 +168,3 @@ def export(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nst-export", description="Export the servable style-transfer SavedModel.")
-    parser.add_argument(
-        "--model-dir", default="models/nst", help="the model's folder; its name is the served model name (models/nst)"
-    )
-    parser.add_argument("--version", type=int, help="version number (default: one past the highest existing)")
-    parser.add_argument("--weights", help="VGG19 .h5 weights (default: $NST_VGG19_WEIGHTS, else the Keras download)")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="float32",
-        help="VGG arithmetic: bfloat16 is several times faster where the CPU has AMX/AVX512-BF16 or on GPUs",
-    )
-    args = parser.parse_args(argv)
-    if args.version is not None and args.version < 1:
-        parser.error("--version must be a positive integer")
-    started = time.perf_counter()
-    try:
-        path = export(args.model_dir, args.version, args.weights, args.precision)
-    except (WeightsError, FileExistsError) as e:
-        parser.exit(2, f"nst-export: error: {e}\n")
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    print(describe(path))
-    print(
-        f"exported {path} ({size / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s; "
-        "checked through the TF1 Session loader with its warmup requests"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

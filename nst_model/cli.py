@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
-from nst_model.options import PRECISIONS, add_flags, from_flags
+from nst_client.output import checkpoint_path, prepare_output
+from nst_model.options import PRECISIONS, add_flags, from_flags, problems
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="nst-stylize", description="Paint CONTENT in the style of STYLE (Gatys et al.), in this process."
     )
-    parser.add_argument("content", help="content image (JPEG, PNG, GIF or BMP)")
-    parser.add_argument("style", nargs="+", help="style image (JPEG, PNG, GIF or BMP); several are blended")
+    parser.add_argument("content", help="content image (any format Pillow reads)")
+    parser.add_argument("style", nargs="+", help="style image (any format Pillow reads); several are blended")
     parser.add_argument("-o", "--output", default="stylized.png", help="output PNG (default stylized.png)")
     add_flags(parser)
-    parser.add_argument("--chunk", type=int, default=25, help="steps between progress updates; 0: one call")
+    from nst_client.settings import DEFAULT_CHUNK  # light: no TensorFlow
+
+    parser.add_argument(
+        "--chunk", type=int, default=DEFAULT_CHUNK, help=f"steps per call (default {DEFAULT_CHUNK}); 0: one call"
+    )
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write the image every N steps, as OUTPUT_0100.png and so on (default: only at the end)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", help="VGG19 .h5 weights (default: $NST_VGG19_WEIGHTS, else Keras download)")
     source.add_argument("--model", help="an exported SavedModel version folder to run instead, e.g. models/nst/1")
@@ -30,31 +44,64 @@ def main(argv: list[str] | None = None) -> int:
         "or on a GPU, several times faster; else float32",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
+    options = from_flags(args)
+    for problem in problems(options):
+        parser.error(problem)
+    if args.chunk < 0 or args.save_every < 0:
+        parser.error("--chunk and --save-every must be >= 0")
+    output = pathlib.Path(args.output)
+    if problem := prepare_output(output):
+        parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {problem}\n")
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter; errors still show
+    from nst_client.cli import quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)
     import tensorflow as tf
 
-    from nst_model import runner
+    from nst_client.chunked import Interrupted
+    from nst_client.errors import ClientError, clean_message
     from nst_model.model import StyleTransfer
-    from nst_model.options import CONTENT_LAYER
+    from nst_model.runner import Stylizer, load
+    from nst_model.signatures import Servable
     from nst_model.vgg import WeightsError, load_weights, resolve_precision
+
+    def save(steps: int, png: bytes) -> None:
+        checkpoint_path(output, steps).write_bytes(png)
 
     try:
         if args.model:
-            stylizer = runner.load(args.model)
+            stylizer = load(args.model)
         else:
-            weights, _, _ = load_weights(args.weights, CONTENT_LAYER)
-            model = StyleTransfer(weights, resolve_precision(args.precision))
-            stylizer = runner.Stylizer(model.decode, model.pixels)
-        result = stylizer.run(args.content, args.style, chunk=args.chunk, progress=not args.quiet, **from_flags(args))
-    except (WeightsError, FileNotFoundError, OSError, ValueError) as e:
-        parser.exit(2, f"nst-stylize: error: {e}\n")
+            model = StyleTransfer(load_weights(args.weights)[0], resolve_precision(args.precision))
+            stylizer = Stylizer.from_module(Servable(model))
+        result = stylizer.run(
+            args.content,
+            args.style,
+            chunk=args.chunk,
+            progress=not args.quiet,
+            checkpoint=save if args.save_every else None,
+            checkpoint_every=args.save_every,
+            **options,
+        )
+        output.write_bytes(result.png)
+    except (WeightsError, ClientError, OSError) as e:
+        parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {e}\n")
     except tf.errors.OpError as e:
-        parser.exit(2, f"nst-stylize: error: {runner.error_message(e)}\n")
-    pathlib.Path(args.output).write_bytes(result.png)
+        parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {clean_message(e.message)}\n")
+    except Interrupted as e:
+        where = "no step had finished"
+        if e.png is not None:
+            save(e.done, e.png)
+            where = f"wrote the image after {e.done} steps to {checkpoint_path(output, e.done)}"
+        print(f"nst-stylize: interrupted; {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("nst-stylize: interrupted before the run started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
-    print(f"wrote {args.output} ({result.image.width}x{result.image.height}); {losses}", file=sys.stderr)
+    print(f"wrote {output} ({result.image.width}x{result.image.height}); {losses}", file=sys.stderr)
     return 0
 
 

@@ -11,8 +11,6 @@ import tensorflow as tf
 
 from nst_model.options import MAX_INPUT_PIXELS, MAX_SIDE, MAX_STYLES, MIN_SIDE
 
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-
 
 def require(x: tf.Tensor, ok: tf.Tensor, *message: str | tf.Tensor) -> tf.Tensor:
     """`x`, usable only once `ok` holds; otherwise the run fails with `message`."""
@@ -37,8 +35,11 @@ def _rank4_shape(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def scalar(x: tf.Tensor, name: str) -> tf.Tensor:
+    """`x` if it is a scalar. The static shape comes from taking its one element, not from
+    tf.ensure_shape: Grappler infers an input's rank from an EnsureShape downstream, folds the rank
+    check into a constant, and the EnsureShape then fails first, naming an internal tensor."""
     shape = runtime_shape(x)
-    return tf.ensure_shape(require(x, tf.equal(tf.size(shape), 0), f"{name} must be a scalar; got shape", shape), [])
+    return tf.reshape(require(x, tf.equal(tf.size(shape), 0), f"{name} must be a scalar; got shape", shape), [-1])[0]
 
 
 def int_in_range(x: tf.Tensor, name: str, low: int, high: int) -> tf.Tensor:
@@ -72,7 +73,7 @@ def pixels(x: tf.Tensor, name: str) -> tf.Tensor:
         tf.reduce_all(tf.math.is_finite(x)) & (tf.reduce_min(x) >= 0.0) & (tf.reduce_max(x) <= 1.0),
         f"{name} values must be finite and within [0, 1]",
     )
-    return tf.ensure_shape(x, [1, None, None, 3])
+    return tf.reshape(x, [1, shape[1], shape[2], 3])  # static rank without an EnsureShape (see `scalar`)
 
 
 def working_size(image: tf.Tensor, name: str) -> tf.Tensor:
@@ -86,9 +87,26 @@ def working_size(image: tf.Tensor, name: str) -> tf.Tensor:
     )
 
 
-def optional_state(x: tf.Tensor, like: tf.Tensor, default: tf.Tensor, name: str) -> tf.Tensor:
-    """A resumable-state input: `default` when empty, else checked to have the shape of `like`."""
-    given = tf.size(x) > 0
+def within(x: tf.Tensor, name: str, low: float | None = None, high: float | None = None) -> tf.Tensor:
+    """`x` if every value is finite and within [low, high] (None: unbounded on that side)."""
+    ok = tf.reduce_all(tf.math.is_finite(x))
+    if low is not None:
+        ok &= tf.reduce_all(x >= low)
+    if high is not None:
+        ok &= tf.reduce_all(x <= high)
+    if low is not None and high is not None:
+        bounds = f" and within [{low:g}, {high:g}]"
+    else:
+        bounds = f" and >= {low:g}" if low is not None else f" and <= {high:g}" if high is not None else ""
+    return require(x, ok, f"{name} values must be finite{bounds}")
+
+
+def optional_state(
+    x: tf.Tensor, like: tf.Tensor, default: tf.Tensor, name: str, low: float | None = None, high: float | None = None
+) -> tf.Tensor:
+    """A resumable-state input: `default` when empty, else checked to have the shape of `like`
+    and values within [low, high]."""
+    given = runtime_size(x) > 0
     rank4, shape = _rank4_shape(x)
     x = require(
         x,
@@ -96,12 +114,15 @@ def optional_state(x: tf.Tensor, like: tf.Tensor, default: tf.Tensor, name: str)
         f"{name} must be empty or shaped like the content pixels; got shape",
         runtime_shape(x),
     )
-    x = require(x, tf.reduce_all(tf.math.is_finite(x)), f"{name} must be finite")
+    x = within(x, name, low, high)
     return tf.cond(given, lambda: tf.reshape(x, tf.shape(like)), lambda: default)
 
 
-def optional_history(x: tf.Tensor, like: tf.Tensor, max_pairs: int, name: str) -> tf.Tensor:
-    """An L-BFGS history input: [k, H, W, 3] pairs for content [1, H, W, 3], k <= max_pairs.
+def optional_history(
+    x: tf.Tensor, like: tf.Tensor, max_pairs: int, name: str, low: float | None = None, high: float | None = None
+) -> tf.Tensor:
+    """An L-BFGS history input: [k, H, W, 3] pairs for content [1, H, W, 3], k <= max_pairs,
+    values within [low, high].
 
     Empty (the default) means no history: [0, H, W, 3].
     """
@@ -114,62 +135,16 @@ def optional_history(x: tf.Tensor, like: tf.Tensor, max_pairs: int, name: str) -
         f"{name} must be empty or hold at most {max_pairs} images shaped like the content; got shape",
         runtime_shape(x),
     )
-    x = require(x, tf.reduce_all(tf.math.is_finite(x)), f"{name} must be finite")
+    x = within(x, name, low, high)
     empty = tf.zeros(tf.concat([[0], tf.shape(like)[1:]], 0))
     return tf.cond(given, lambda: tf.reshape(x, [-1, *tf.unstack(tf.shape(like)[1:])]), lambda: empty)
 
 
-def declared_size(contents: tf.Tensor) -> tf.Tensor:
-    """[height, width] as the image's header declares them, read without decoding (int64).
-
-    Lets a decompression bomb (a tiny file declaring a huge image) be refused before the decoder
-    allocates its pixels. Unknown formats give [0, 0].
-    """
-    header = tf.io.decode_raw(tf.strings.substr(tf.strings.join([contents, b"\0" * 32]), 0, 32), tf.uint8)
-    b = tf.cast(header, tf.int64)
-
-    def big_endian(i: int) -> tf.Tensor:  # 4 bytes
-        return b[i] * 2**24 + b[i + 1] * 2**16 + b[i + 2] * 2**8 + b[i + 3]
-
-    def little_endian(i: int, n: int) -> tf.Tensor:
-        return tf.add_n([b[i + k] * 2 ** (8 * k) for k in range(n)])
-
-    def starts(magic: bytes) -> tf.Tensor:
-        return tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
-
-    def jpeg() -> tf.Tensor:
-        return tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64)
-
-    def other() -> tf.Tensor:
-        png = tf.stack([big_endian(20), big_endian(16)])
-        gif = tf.stack([little_endian(8, 2), little_endian(6, 2)])
-        bmp = tf.stack([little_endian(22, 4), little_endian(18, 4)])
-        bmp = tf.where(bmp >= 2**31, 2**32 - bmp, bmp)  # signed; a negative height means top-down rows
-        return tf.where(starts(IMAGE_MAGIC[1]), png, tf.where(starts(b"GIF8"), gif, tf.where(starts(b"BM"), bmp, 0)))
-
-    return tf.cond(starts(IMAGE_MAGIC[0]), jpeg, other)
-
-
-def decode(contents: tf.Tensor, name: str) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP bytes to float32 RGB [1, H, W, 3] in [0, 1].
-
-    Grey and alpha images become RGB; an animated GIF gives its first frame; 16-bit PNGs keep
-    their precision. Images whose header declares more than MAX_INPUT_PIXELS are refused
-    before decoding.
-    """
-    contents = scalar(contents, name)
-    known = tf.reduce_any([tf.equal(tf.strings.substr(contents, 0, len(m)), m) for m in IMAGE_MAGIC])
-    contents = require(contents, known, f"{name} is not a JPEG, PNG, GIF or BMP image")
-    size = declared_size(contents)
-    contents = require(
-        contents,
-        size[0] * size[1] <= MAX_INPUT_PIXELS,
-        f"{name} declares more than {MAX_INPUT_PIXELS} pixels; got height, width",
-        size,
-    )
-    image = tf.io.decode_image(contents, channels=3, dtype=tf.float32, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 3])
-    return pixels(image[tf.newaxis], name)
+def longest_side_size(image: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
+    """[height, width] of `image` [1, H, W, 3] scaled so that its longest side is `longest`."""
+    size = tf.cast(tf.shape(image)[1:3], tf.float32)
+    scale = tf.cast(longest, tf.float32) / tf.reduce_max(size)
+    return tf.maximum(tf.cast(size * scale, tf.int32), 1)
 
 
 def resize_longest_side(image: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
@@ -178,17 +153,30 @@ def resize_longest_side(image: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
     Antialiasing is on, so shrinking a large photo does not alias; for same-size and enlarging
     resizes it makes no difference.
     """
-    size = tf.cast(tf.shape(image)[1:3], tf.float32)
-    scale = tf.cast(longest, tf.float32) / tf.reduce_max(size)
-    new_size = tf.maximum(tf.cast(size * scale, tf.int32), 1)
-    return tf.clip_by_value(tf.image.resize(image, new_size, antialias=True), 0.0, 1.0)
+    resized = tf.image.resize(image, longest_side_size(image, longest), antialias=True)
+    return tf.clip_by_value(resized, 0.0, 1.0)
+
+
+ECHO_CHARS = 40  # how much of a refused string an error message repeats
+
+
+def echo(text: tf.Tensor) -> tf.Tensor:
+    """`text` as an error message may show it: valid UTF-8 (bad bytes replaced), cut to ECHO_CHARS.
+
+    A message carrying invalid UTF-8 fails in the caller's own error handling, and a 1 MB option
+    would be repeated whole.
+    """
+    clean = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+    cut = tf.strings.substr(clean, 0, ECHO_CHARS, unit="UTF8_CHAR")
+    long = tf.strings.length(clean, unit="UTF8_CHAR") > ECHO_CHARS
+    return tf.strings.join([cut, tf.where(long, "...", "")])
 
 
 def choice(x: tf.Tensor, name: str, choices: tuple[str, ...]) -> tf.Tensor:
     """The index of the string `x` in `choices`, for tf.switch_case; unknown strings are refused."""
     x = scalar(x, name)
     matches = tf.equal(x, tf.constant(choices))
-    x = require(x, tf.reduce_any(matches), f"{name} must be one of {', '.join(choices)}; got", x)
+    x = require(x, tf.reduce_any(matches), f"{name} must be one of {', '.join(choices)}; got", echo(x))
     with tf.control_dependencies([x]):
         return tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int32)
 
@@ -210,7 +198,7 @@ def blend_weights(x: tf.Tensor, name: str, length: tf.Tensor | int, per: str) ->
         shape,
         length,
     )
-    x = tf.ensure_shape(x, [None])
+    x = tf.reshape(x, [-1])
     ok = tf.reduce_all(tf.math.is_finite(x) & (x >= 0.0)) & (tf.reduce_sum(x) > 0.0)
     x = require(x, ok, f"{name} must be finite, >= 0 and not all zero; got", x)
     return x / tf.reduce_sum(x)
@@ -269,16 +257,44 @@ def style_batch(x: tf.Tensor, sizes: tf.Tensor, name: str) -> tuple[tf.Tensor, t
         f"{name}_sizes must be between 1 and the batch height and width; got",
         sizes,
     )
-    return tf.ensure_shape(x, [None, None, None, 3]), sizes
+    return tf.reshape(x, [shape[0], shape[1], shape[2], 3]), sizes
 
 
 def scaled_style(style: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
-    """`style` resized to a longest side of `longest`, refused if a side leaves MIN_SIDE..MAX_SIDE."""
-    style = resize_longest_side(style, longest)
-    sides = tf.shape(style)[1:3]
-    return require(
+    """`style` resized to a longest side of `longest`, refused before resizing (which would
+    allocate it) if a side would leave MIN_SIDE..MAX_SIDE."""
+    sides = longest_side_size(style, longest)
+    style = require(
         style,
         tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= MAX_SIDE),
         f"style sides must be between {MIN_SIDE} and {MAX_SIDE} px after scaling by style_scale; got height, width",
         sides,
     )
+    return resize_longest_side(style, longest)
+
+
+def optional_vector(x: tf.Tensor, length: int, name: str, low: float | None = None) -> tf.Tensor:
+    """An optional vector input: empty, or `length` values >= `low`, finite."""
+    shape = runtime_shape(x)
+    given = runtime_size(x) > 0
+    x = require(
+        x,
+        tf.logical_not(given) | (tf.equal(tf.size(shape), 1) & tf.equal(runtime_size(x), length)),
+        f"{name} must be empty or a vector of {length} values; got shape",
+        shape,
+    )
+    return tf.reshape(within(x, name, low), [-1])
+
+
+def optional_features(x: tf.Tensor, expected: tf.Tensor, name: str) -> tf.Tensor:
+    """Optional features [1, h, w, C]: empty, or of the `expected` shape, finite and >= 0 (post-ReLU)."""
+    given = runtime_size(x) > 0
+    rank4, shape = _rank4_shape(x)
+    x = require(
+        x,
+        tf.logical_not(given) | (rank4 & tf.reduce_all(tf.equal(shape, expected))),
+        f"{name} must be empty or the content features at the content layer; expected, got shape",
+        expected,
+        runtime_shape(x),
+    )
+    return tf.reshape(within(x, name, 0.0), tf.where(given, expected, expected * [1, 0, 0, 1]))

@@ -34,7 +34,12 @@ class State(typing.NamedTuple):
 
 def start(x: tf.Tensor, value_and_grad: ValueAndGrad, s: tf.Tensor, y: tf.Tensor) -> State:
     """The state at `x`, continuing from `k <= HISTORY` stored pairs [k, *x.shape] (k may be 0)."""
-    f, g, extra = value_and_grad(x)
+    return resume(x, *value_and_grad(x), s, y)
+
+
+def resume(x: tf.Tensor, f: tf.Tensor, g: tf.Tensor, extra: typing.Any, s: tf.Tensor, y: tf.Tensor) -> State:
+    """The state at `x` from its objective, gradient and extras as an earlier run computed them:
+    a resumed run needs no evaluation before its first step."""
     padding = [[HISTORY - tf.shape(s)[0], 0]] + [[0, 0]] * len(x.shape)
     return State(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra)
 

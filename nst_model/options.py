@@ -1,19 +1,19 @@
 """Every default and limit of the model, defined once.
 
-The SavedModel signatures, the Python API, the command lines and the README table all read
-their defaults from here, so they cannot drift apart.
+The SavedModel signatures, the Python API and the command lines read their defaults and limits
+from here, so they cannot drift apart; a test checks the README's table against them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 # The reference algorithm (TensorFlow 2 style-transfer tutorial).
 CONTENT_LAYER = "block5_conv2"
 CONTENT_LAYERS = ("block5_conv2", "block4_conv2")  # the choices of `content_layer`; the paper uses conv4_2
 STYLE_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
-DEEPEST_LAYER = "block5_conv2"  # the network is built up to here, whatever the options
 ADAM_BETA_1 = 0.99
 ADAM_BETA_2 = 0.999  # Keras's default, which the reference keeps.
 ADAM_EPSILON = 0.1
@@ -31,6 +31,8 @@ MAX_STEPS = 10_000  # per call; resume with the state inputs to go further
 MIN_SIDE = 16  # VGG19 pools four times before block5_conv2: a side below 16 px has no features
 MAX_SIDE = 2048  # longest side the optimisation runs at (memory grows with the pixel count)
 MAX_INPUT_PIXELS = 50_000_000  # largest image accepted for decoding or resizing
+MAX_BLOCKS_WALKED = 4096  # GIF blocks, JPEG marker segments read before decoding: a walk costs < 1 s
+MAX_JPEG_SCAN_PIXELS = 1_000_000_000  # scans x pixels: libjpeg reads the image once per scan; 20 scans at 50 MP
 MAX_STYLES = 8  # style images per request; each costs one VGG pass per call
 STYLE_SCALE_RANGE = (0.1, 8.0)  # and the scaled style's sides must stay within MIN_SIDE..MAX_SIDE
 
@@ -49,24 +51,53 @@ class Option:
     help: str
     length: int | None = 0  # 0: a scalar
     choices: tuple[str, ...] = ()
+    low: float | None = None  # the range the graph accepts (numbers must also be finite)
+    high: float | None = None
+    positive: bool = False  # > low rather than >= low
 
     @property
     def is_vector(self) -> bool:
         return self.length != 0
 
+    def problem(self, value: object) -> str | None:
+        """Why the graph would refuse `value`, in its own words; None if it would not. Lets a command
+        line refuse a bad option before it spends a minute building the model."""
+        if self.dtype not in ("int32", "float32"):
+            return None
+        values = list(value) if self.is_vector else [value]
+        if self.is_vector:
+            if any(not math.isfinite(v) or v < 0 for v in values) or (values and sum(values) <= 0):
+                return f"{self.name} must be finite, >= 0 and not all zero; got {_shown(tuple(values))}"
+            return None
+        v = values[0]
+        shown = _shown(v)
+        if self.dtype == "int32" and self.low is not None and not self.low <= v <= self.high:
+            return f"{self.name} must be between {self.low:g} and {self.high:g}; got {shown}"
+        if self.dtype == "float32" and self.high is not None and not (math.isfinite(v) and self.low <= v <= self.high):
+            return f"{self.name} must be between {self.low:g} and {self.high:g}; got {shown}"
+        if (
+            self.dtype == "float32"
+            and self.low is not None
+            and not (math.isfinite(v) and (v > self.low if self.positive else v >= self.low))
+        ):
+            return f"{self.name} must be a finite number {'>' if self.positive else '>='} {self.low:g}; got {shown}"
+        return None
+
 
 OPTIONS: tuple[Option, ...] = (
-    Option("steps", "int32", 300, f"optimisation steps, 0 to {MAX_STEPS}"),
+    Option("steps", "int32", 300, f"optimisation steps, 0 to {MAX_STEPS}", low=0, high=MAX_STEPS),
     Option(
         "max_dim",
         "int32",
         512,
         f"longest side, in pixels, both images are resized to ({MIN_SIDE} to {MAX_SIDE})",
+        low=MIN_SIDE,
+        high=MAX_SIDE,
     ),
-    Option("style_weight", "float32", 1e-2, "weight of the style loss"),
-    Option("content_weight", "float32", 1e4, "weight of the content loss"),
-    Option("tv_weight", "float32", 1e8, "weight of the total-variation (smoothness) loss"),
-    Option("learning_rate", "float32", 0.02, "Adam learning rate (L-BFGS chooses its own steps)"),
+    Option("style_weight", "float32", 1e-2, "weight of the style loss", low=0),
+    Option("content_weight", "float32", 1e4, "weight of the content loss", low=0),
+    Option("tv_weight", "float32", 1e8, "weight of the total-variation (smoothness) loss", low=0),
+    Option("learning_rate", "float32", 0.02, "Adam learning rate (L-BFGS chooses its own steps)", low=0, positive=True),
     Option(
         "optimizer",
         "string",
@@ -82,6 +113,8 @@ OPTIONS: tuple[Option, ...] = (
         "the style is resized to this times the content's longest side: larger gives larger brush strokes "
         f"({STYLE_SCALE_RANGE[0]:g} to {STYLE_SCALE_RANGE[1]:g}; the scaled style's sides must stay within "
         f"{MIN_SIDE} to {MAX_SIDE} px)",
+        low=STYLE_SCALE_RANGE[0],
+        high=STYLE_SCALE_RANGE[1],
     ),
     Option(
         "style_weights",
@@ -128,6 +161,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             metavar="W" if o.is_vector else None,
             help=f"{o.help} (default {_shown(o.default)})",
         )
+
+
+def problems(values: dict[str, object]) -> list[str]:
+    """What the graph would refuse among these option values, one line each."""
+    return [p for name, value in values.items() if (p := BY_NAME[name].problem(value))]
 
 
 def from_flags(args: argparse.Namespace) -> dict[str, object]:

@@ -67,10 +67,3 @@ class ServingSession:
     def close(self) -> None:
         with self._close_lock:
             self.session.close()
-
-
-def as_feed(value: object, dtype: tf.DType) -> np.ndarray:
-    """A Python value as the numpy array a client would send for a signature input."""
-    if dtype == tf.string:
-        return np.array(value, dtype=object)
-    return np.asarray(value, dtype=dtype.as_numpy_dtype)

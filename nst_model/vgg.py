@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from nst_model.options import PRECISIONS
+from nst_model.options import CONTENT_LAYERS, PRECISIONS, STYLE_LAYERS
 
 # Convolutions of VGG19 in order; "pool" marks a 2x2 max pooling.
 LAYERS = (
@@ -50,6 +50,20 @@ KERAS_MD5 = "253f8cb515780f3b799900260a226db6"  # Keras's own check of its downl
 
 class WeightsError(ValueError):
     """The weights file is missing, unreadable or not VGG19."""
+
+
+def deepest(layers: tuple[str, ...]) -> str:
+    """The layer of `layers` that comes last in the network: it is built (and loaded) up to there."""
+    return max(layers, key=LAYERS.index)
+
+
+# Whatever the options choose, the network never needs more than this.
+NEEDED = deepest((*STYLE_LAYERS, *CONTENT_LAYERS))
+
+
+def pools_before(layer: str) -> int:
+    """How many 2x2 poolings (each halving the sides, rounding down) come before `layer`."""
+    return LAYERS[: LAYERS.index(layer)].count("pool")
 
 
 def conv_shapes(last: str = "block5_conv4") -> dict[str, tuple[int, int, int, int]]:
@@ -133,9 +147,12 @@ def resolve_weights_path(path: str | os.PathLike | None = None) -> pathlib.Path:
     return pathlib.Path(path) if path else keras_download()
 
 
-def load_weights(path: str | os.PathLike | None, last: str) -> tuple[dict, pathlib.Path, str]:
+def load_weights(path: str | os.PathLike | None, last: str = NEEDED) -> tuple[dict, pathlib.Path, str]:
     """(weights up to `last`, the file they came from, its sha256) for --weights/env/download."""
+    source = "--weights" if path else f"${WEIGHTS_ENV}" if os.environ.get(WEIGHTS_ENV) else None
     path = resolve_weights_path(path)
+    if source and not path.is_file():
+        raise WeightsError(f"{path} (from {source}): no such file; point {source} at the VGG19 .h5 weights file")
     weights = read_weights(path, last)
     return weights, path, sha256(path)
 

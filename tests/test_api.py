@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pathlib
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import PIL.Image
 import pytest
 
 import nst_model
-from nst_model.images import encode
+from nst_client.images import encode
 
 OPTIONS = {"steps": 4, "max_dim": 40}
 
@@ -134,7 +135,7 @@ def test_cli_errors_are_one_line(tmp_path, weights_file, content_png):
         (missing, "style image not found"),
         (bad, "image is not a JPEG, PNG, GIF or BMP image"),
         (steps, "steps must be between 0 and 10000; got -2"),
-        (weights, "w.h5: no such file"),
+        (weights, "w.h5 (from --weights): no such file"),
     ):
         assert result.returncode == 2
         last = result.stderr.strip().splitlines()[-1]
@@ -162,3 +163,82 @@ def test_graph_errors_become_the_line_that_says_why(message, expected):
     from nst_model.runner import error_message
 
     assert error_message(tf.errors.InvalidArgumentError(None, None, message)) == expected
+
+
+def _cli_before_tensorflow(*args: str) -> tuple[int, str, bool]:
+    """Run nst-stylize's main in a fresh interpreter: (exit code, stderr, whether TensorFlow got imported)."""
+    code = (
+        "import sys\nfrom nst_model.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+        "except SystemExit as e:\n    code = e.code\nprint('TF' if 'tensorflow' in sys.modules else 'no TF', code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    imported, exit_code = result.stdout.split()[-2:]
+    return int(exit_code), result.stderr, imported == "TF"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", "-5"], "steps must be between 0 and 10000; got -5"),
+        (["--max-dim", "4096"], "max_dim must be between 16 and 2048; got 4096"),
+        (["--style-weight", "nan"], "style_weight must be a finite number >= 0; got nan"),
+        (["--style-scale", "9"], "style_scale must be between 0.1 and 8; got 9"),
+        (["-o", "out.jpg"], "--output must end in .png"),
+    ],
+)
+def test_cli_refuses_bad_options_before_building_anything(tmp_path, flags, message):
+    code, stderr, imported = _cli_before_tensorflow("c.png", "s.png", *flags)
+    assert code == 2 and message in stderr.strip().splitlines()[-1]
+    assert not imported  # refused before TensorFlow (and the model) was loaded
+
+
+def test_cli_output_folder_is_created_or_refused_before_the_run(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    code, stderr, imported = _cli_before_tensorflow("c.png", "s.png", "-o", str(blocker / "out.png"))
+    assert code == 2 and "cannot create the folder" in stderr and not imported
+    code, stderr, _ = _cli_before_tensorflow("missing.png", "s.png", "-o", str(tmp_path / "new" / "deep" / "out.png"))
+    assert (tmp_path / "new" / "deep").is_dir()  # made before the run (which then fails on the missing image)
+    assert code == 2 and "missing.png" in stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_save_every_writes_the_images_of_shorter_runs(tmp_path, exported, expected, content_png, style_png):
+    """Checkpoints at chunk boundaries: the one at step 2 is, byte for byte, a 2-step run's image."""
+    (tmp_path / "c.png").write_bytes(content_png)
+    (tmp_path / "s.png").write_bytes(style_png)
+    out = tmp_path / "out.png"
+    base = [str(tmp_path / "c.png"), str(tmp_path / "s.png"), "--max-dim", "40", "--model", str(exported), "-q"]
+    assert _stylize_cli(*base, "-o", str(out), "--steps", "4", "--save-every", "2").returncode == 0
+    assert (tmp_path / "out_0004.png").read_bytes() == out.read_bytes() == expected
+    two = tmp_path / "two.png"
+    assert _stylize_cli(*base, "-o", str(two), "--steps", "2", "--chunk", "0").returncode == 0
+    assert (tmp_path / "out_0002.png").read_bytes() == two.read_bytes()
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_writes_the_last_finished_chunk(tmp_path, exported, content_png, style_png):
+    import signal
+    import time
+
+    (tmp_path / "c.png").write_bytes(content_png)
+    (tmp_path / "s.png").write_bytes(style_png)
+    out = tmp_path / "out.png"
+    code = "import sys; from nst_model.cli import main; sys.exit(main())"
+    args = [str(tmp_path / "c.png"), str(tmp_path / "s.png"), "-o", str(out), "--max-dim", "32", "--chunk", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *args, "--steps", "5000", "--model", str(exported), "--save-every", "1"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out_0001.png").exists():  # a chunk has finished
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("nst-stylize: interrupted; wrote the image after") and "out_" in last
+    written = pathlib.Path(last.rsplit(" to ", 1)[1])
+    assert written.read_bytes().startswith(b"\x89PNG") and not out.exists()

@@ -8,6 +8,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from nst_client import chunked
+from nst_export import cli as export_cli
 from nst_export import exporter
 from nst_model.options import DEFAULTS
 from nst_model.vgg import sha256
@@ -17,11 +19,23 @@ def test_layout_warmup_and_info(exported, weights_file):
     assert exported.name == "1"
     assert (exported / "saved_model.pb").is_file()
     requests = exporter.read_warmup(exported / "assets.extra" / exporter.WARMUP_FILE)
-    assert sorted(r.model_spec.signature_name for r in requests) == ["decode", "pixels", "serving_default"]
-    for request in requests:
-        assert request.model_spec.name == "nst"
-        if "steps" in request.inputs:
-            assert tf.make_ndarray(request.inputs["steps"]) == 1
+    assert {r.model_spec.name for r in requests} == {"nst"}
+    assert {r.model_spec.signature_name for r in requests} == {"decode", "pixels", "serving_default"}
+    # Every call pattern of the chunk loop, for each optimiser: fresh and resumed pixels calls, with
+    # the output filters the loop uses, so that no real request meets a Session executor to build.
+    pixels = [r for r in requests if r.model_spec.signature_name == "pixels"]
+    for optimizer in ("lbfgs", "adam"):
+        runs = [r for r in pixels if ("optimizer" in r.inputs) == (optimizer == "adam")]
+        fresh, middle, last = runs
+        assert "style" in fresh.inputs and "image" not in fresh.inputs
+        assert set(chunked.TARGETS) <= set(fresh.output_filter)
+        assert "style" not in middle.inputs and set(chunked.state_names(optimizer)) <= set(middle.inputs)
+        assert set(chunked.state_names(optimizer)) <= set(middle.output_filter)
+        assert list(last.output_filter) == ["image_bytes", *chunked.LOSSES]
+    for request in requests:  # tiny: the server replays them at load, with no deadline
+        if "max_dim" in request.inputs:
+            assert tf.make_ndarray(request.inputs["max_dim"]) == 16
+    assert all(tf.make_ndarray(r.inputs["content"]).shape == (1, 16, 16, 3) for r in pixels)
     info = json.loads((exported / "assets.extra" / exporter.INFO_FILE).read_text())
     assert info["weights_sha256"] == sha256(weights_file)
     assert info["tensorflow"] == tf.__version__
@@ -39,12 +53,12 @@ def test_no_keras_objects_in_the_exported_graph(exported):
 
 def test_signature_defaults_are_in_the_graph(exported):
     description = exporter.describe(exported)
-    assert "in  steps           int32    []                 default: 300" in description
-    assert "in  content         string   []                 required" in description
-    assert "in  adam_step       int32    []                 default: 0" in description
-    assert "in  init            string   []                 default: content" in description
-    assert "in  style_layer_weights float32  [-1]               default: 1 1 1 1 1" in description
-    assert "in  preserve_colors bool     []                 default: False" in description
+    assert "in  steps           int32    default: 300" in description
+    assert "in  content         string   required" in description
+    assert "in  adam_step       int32    default: 0" in description
+    assert "in  init            string   default: content" in description
+    assert "in  style_layer_weights float32  default: 1 1 1 1 1" in description
+    assert "in  preserve_colors bool     default: False" in description
 
 
 def test_versions_count_up_and_never_overwrite(tmp_path, weights_file):
@@ -69,7 +83,7 @@ def test_a_failed_check_leaves_no_version_behind(tmp_path, weights_file, monkeyp
 
 def test_cli_reports_bad_weights_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        exporter.main(["--model-dir", str(tmp_path / "nst"), "--weights", str(tmp_path / "missing.h5")])
+        export_cli.main(["--model-dir", str(tmp_path / "nst"), "--weights", str(tmp_path / "missing.h5")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "missing.h5: no such file" in err
+    assert err.count("\n") == 1 and "missing.h5 (from --weights): no such file" in err

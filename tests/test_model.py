@@ -47,9 +47,10 @@ def test_each_step_matches_the_reference_tutorial_loop(serving, weights_file, co
     """Keras VGG19 + tf.keras.optimizers.Adam (the tutorial) and the SavedModel take the same steps.
 
     Each of 10 steps starts the SavedModel from the reference's own image and Adam moments (the
-    resumable state inputs) and must land on the reference's next image to 1e-5 (the image moves
-    ~0.02 a step). Gradients agree to ~1e-7 relative, but ReLU and max-pool switches amplify such
-    rounding over free-running steps, so a free run is compared on its losses instead (below).
+    resumable state inputs) and must land on the reference's next image to 1e-5 but for a rare
+    pixel, within 1e-4 (the image moves ~0.02 a step). Gradients agree to ~1e-7 relative, but ReLU
+    and max-pool switches amplify such rounding over free-running steps, so a free run is compared
+    on its losses instead (below).
     """
     content, style = decode(serving, content_png, 64), decode(serving, style_png, 64)
     reference = Reference(weights_file, content, style)
@@ -63,7 +64,11 @@ def test_each_step_matches_the_reference_tutorial_loop(serving, weights_file, co
             state = {"image": image, "adam_m": m, "adam_v": v, "adam_step": np.int32(step)}
         out = serving.run("pixels", {**feeds, **state})
         reference.step()
-        np.testing.assert_allclose(out["image"], reference.image.numpy(), atol=1e-5)
+        difference = np.abs(out["image"] - reference.image.numpy())
+        # 1e-5 everywhere but a rare pixel: on some CPUs (AVX2 without AVX-512, seen on an AMD EPYC)
+        # oneDNN's convolutions round differently, and Adam's division by sqrt(v) + 0.1 lifts that
+        # to 2e-5 at one pixel in 8640 in a step (the code before this state redesign did the same).
+        assert difference.max() < 1e-4 and np.mean(difference > 1e-5) < 1e-3, difference.max()
         np.testing.assert_allclose(out["adam_m"], reference.adam_state()[0], rtol=1e-4, atol=1e-3)
     assert np.abs(reference.image.numpy() - content).max() > 0.05  # it did move
     losses = reference.loss(reference.image)
@@ -136,7 +141,7 @@ def test_decode_handles_grey_alpha_gif_bmp_and_16_bit(serving):
 
 
 def test_header_sizes_are_read_without_decoding():
-    from nst_model.inputs import declared_size
+    from nst_model.decoders import declared_size
 
     rgb = (make_image(23, 37) * 255).astype(np.uint8)
     for fmt in ("PNG", "JPEG", "GIF", "BMP"):

@@ -1,0 +1,240 @@
+"""The servable signatures: input lists, their defaults, their checks, and the outputs.
+
+- serving_default: encoded images in, PNG and losses out.
+- pixels: float32 pixels in and out, plus the resumable state, for chunked runs.
+- decode: encoded image to the exact pixels serving_default would use, for callers of pixels.
+
+Every option of nst_model.options is an optional input of serving_default and pixels (pixels
+takes all but max_dim), its default written into the SignatureDef (PlaceholderWithDefault), so
+the stock server fills in what a request leaves out. Inputs are declared of any shape: the
+server checks no shapes, and a declared shape would be checked where the error cannot name the
+input; every shape is checked in the graph instead, with a message that does.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from nst_model import decoders, inputs, lbfgs
+from nst_model.model import (
+    STYLE_TARGETS_LENGTH,
+    State,
+    StyleAt,
+    StyleTransfer,
+    Targets,
+    content_features_shape,
+    initial_state,
+    pack_grams,
+    unpack_grams,
+    validate,
+)
+from nst_model.options import BY_NAME, DEFAULTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PIXELS_OPTIONS
+
+SIGNATURES = ("serving_default", "pixels", "decode")
+LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
+# The resumable state of `pixels`, per optimiser: what a chunked run hands from one call to the next.
+TARGETS = ("style_targets", "content_target")
+STATE = {
+    "adam": ("image", "adam_m", "adam_v", "adam_step"),
+    "lbfgs": ("image", "lbfgs_s", "lbfgs_y", "lbfgs_grad", "lbfgs_losses"),
+}
+
+
+def _spec(dtype: tf.DType | str) -> tf.TensorSpec:
+    return tf.TensorSpec(None, dtype)
+
+
+# Tensor defaults on the tf.functions become PlaceholderWithDefault in the SignatureDef.
+_D = {name: tf.constant(value, BY_NAME[name].dtype) for name, value in DEFAULTS.items()}
+_OPTION_SPECS = [_spec(BY_NAME[name].dtype) for name in PIXELS_OPTIONS]
+_NO_IMAGE = tf.zeros([1, 0, 0, 3])
+_NO_PAIRS = tf.zeros([0, 0, 0, 3])
+_NO_STYLE = tf.zeros([0, 0, 0, 3])
+_NO_SIZES = tf.zeros([0, 2], tf.int32)
+_NO_VECTOR = tf.zeros([0])
+_NO_FEATURES = tf.zeros([1, 0, 0, 0])
+_ZERO = tf.constant(0)
+
+
+def _options(arguments: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """The option inputs among a signature's arguments (its `locals()`), by name."""
+    return {name: arguments[name] for name in PIXELS_OPTIONS}
+
+
+def _state(given: State, content: tf.Tensor, start: State) -> State:
+    """The state inputs, checked against the content and the ranges they can take; empty ones
+    take their value from `start`."""
+    s = inputs.optional_history(given.lbfgs_s, content, lbfgs.HISTORY, "lbfgs_s", -1.0, 1.0)
+    y = inputs.optional_history(given.lbfgs_y, content, lbfgs.HISTORY, "lbfgs_y")
+    y = inputs.require(y, tf.equal(tf.shape(s)[0], tf.shape(y)[0]), "lbfgs_s and lbfgs_y must pair up")
+    grad = inputs.optional_state(given.lbfgs_grad, content, start.lbfgs_grad, "lbfgs_grad")
+    losses = inputs.optional_vector(given.lbfgs_losses, 4, "lbfgs_losses", 0.0)
+    image = inputs.optional_state(given.image, content, start.image, "image", 0.0, 1.0)
+    known = inputs.runtime_size(given.lbfgs_losses) > 0
+    losses = inputs.require(
+        losses,
+        tf.equal(known, inputs.runtime_size(given.lbfgs_grad) > 0)
+        & (tf.logical_not(known) | (inputs.runtime_size(given.image) > 0)),
+        "lbfgs_grad and lbfgs_losses go together, with the image they belong to",
+    )
+    return State(
+        image,
+        inputs.optional_state(given.adam_m, content, start.adam_m, "adam_m"),
+        inputs.optional_state(given.adam_v, content, start.adam_v, "adam_v", 0.0),
+        inputs.int_in_range(given.adam_step, "adam_step", 0, 2**30),
+        s,
+        y,
+        grad,
+        losses,
+    )
+
+
+class Servable(tf.Module):
+    """The signatures the server runs, around one StyleTransfer."""
+
+    def __init__(self, model: StyleTransfer):
+        super().__init__(name="servable")
+        self.model = model
+
+    def _decode(self, image: tf.Tensor, max_dim: tf.Tensor, name: str) -> tf.Tensor:
+        max_dim = inputs.int_in_range(max_dim, "max_dim", MIN_SIDE, MAX_SIDE)
+        return inputs.resize_longest_side(decoders.decode(image, name), max_dim)
+
+    @tf.function(input_signature=[_spec(tf.string), _spec(tf.string), _spec(tf.int32), _spec(tf.int32), *_OPTION_SPECS])
+    def serving_default(
+        self,
+        content,
+        style,
+        steps=_D["steps"],
+        max_dim=_D["max_dim"],
+        style_weight=_D["style_weight"],
+        content_weight=_D["content_weight"],
+        tv_weight=_D["tv_weight"],
+        learning_rate=_D["learning_rate"],
+        optimizer=_D["optimizer"],
+        style_scale=_D["style_scale"],
+        style_weights=_D["style_weights"],
+        preserve_colors=_D["preserve_colors"],
+        init=_D["init"],
+        seed=_D["seed"],
+        pooling=_D["pooling"],
+        style_layer_weights=_D["style_layer_weights"],
+        content_layer=_D["content_layer"],
+    ):
+        """Encoded content and style images in; the PNG of the result and its losses out.
+
+        `style` is one encoded image or a vector of them, blended by `style_weights`.
+        """
+        controls = validate(_options(locals()))
+        steps = inputs.int_in_range(steps, "steps", 0, MAX_STEPS)
+        content = inputs.working_size(self._decode(content, max_dim, "content"), "content")
+        styles = inputs.encoded_styles(style, "style")
+
+        def style_at(i):
+            return self._decode(styles[i], max_dim, "style")
+
+        targets = self.model.targets(content, style_at, tf.size(styles), controls)
+        start = initial_state(content, lambda: style_at(0), controls)
+        png, terms, _ = self.model.stylize(content, targets, steps, controls, start)
+        return {"image_bytes": png, **terms._asdict()}
+
+    @tf.function(
+        input_signature=[
+            _spec(tf.float32),
+            _spec(tf.float32),
+            _spec(tf.int32),
+            _spec(tf.int32),
+            *_OPTION_SPECS,
+            *[_spec(tf.float32)] * 3,
+            _spec(tf.int32),
+            *[_spec(tf.float32)] * 6,
+        ]
+    )
+    def pixels(
+        self,
+        content,
+        style=_NO_STYLE,
+        style_sizes=_NO_SIZES,
+        steps=_D["steps"],
+        style_weight=_D["style_weight"],
+        content_weight=_D["content_weight"],
+        tv_weight=_D["tv_weight"],
+        learning_rate=_D["learning_rate"],
+        optimizer=_D["optimizer"],
+        style_scale=_D["style_scale"],
+        style_weights=_D["style_weights"],
+        preserve_colors=_D["preserve_colors"],
+        init=_D["init"],
+        seed=_D["seed"],
+        pooling=_D["pooling"],
+        style_layer_weights=_D["style_layer_weights"],
+        content_layer=_D["content_layer"],
+        image=_NO_IMAGE,
+        adam_m=_NO_IMAGE,
+        adam_v=_NO_IMAGE,
+        adam_step=_ZERO,
+        lbfgs_s=_NO_PAIRS,
+        lbfgs_y=_NO_PAIRS,
+        lbfgs_grad=_NO_IMAGE,
+        lbfgs_losses=_NO_VECTOR,
+        style_targets=_NO_VECTOR,
+        content_target=_NO_FEATURES,
+    ):
+        """Float pixels in and out, resumable: feed the state outputs back to continue a run.
+
+        `style` is a batch [styles, H, W, 3]: style i fills the top-left `style_sizes[i]` (height,
+        width) of it, the rest being padding; empty sizes (the default) mean every style fills the
+        batch. Empty state inputs (the defaults) start a run from the `init` image. The outputs
+        `style_targets` and `content_target`, fed back, spare the next call the targets (and the
+        styles); the state outputs (see model.State) are the raw optimised image, before any
+        preserve_colors (which applies to `image_bytes` only), and each optimiser's own state.
+        """
+        controls = validate(_options(locals()))
+        steps = inputs.int_in_range(steps, "steps", 0, MAX_STEPS)
+        content = inputs.working_size(inputs.pixels(content, "content"), "content")
+
+        def styles() -> tuple[StyleAt, tf.Tensor]:
+            """The style images by index, and their count; checked only where they are used."""
+            batch, sizes = inputs.style_batch(style, style_sizes, "style")
+
+            def crop(i: tf.Tensor) -> tf.Tensor:
+                return tf.ensure_shape(batch[i : i + 1, : sizes[i, 0], : sizes[i, 1]], [1, None, None, 3])
+
+            return crop, tf.shape(batch)[0]
+
+        grams = inputs.optional_vector(style_targets, STYLE_TARGETS_LENGTH, "style_targets", 0.0)
+        features = inputs.optional_features(
+            content_target, content_features_shape(content, controls.content_layer), "content_target"
+        )
+        given = inputs.runtime_size(grams) > 0
+        given = inputs.require(
+            given,
+            tf.equal(given, inputs.runtime_size(features) > 0),
+            "style_targets and content_target go together",
+        )
+        targets = tf.cond(
+            given,
+            lambda: Targets(unpack_grams(grams), features),
+            lambda: self.model.targets(content, *styles(), controls),
+        )
+        start = initial_state(content, lambda: styles()[0](0), controls)
+        given_state = State(image, adam_m, adam_v, adam_step, lbfgs_s, lbfgs_y, lbfgs_grad, lbfgs_losses)
+        state = _state(given_state, content, start)
+        png, terms, state = self.model.stylize(content, targets, steps, controls, state)
+        return {
+            "image_bytes": png,
+            **terms._asdict(),
+            **state._asdict(),
+            "style_targets": pack_grams(targets.style_grams),
+            "content_target": targets.content_features,
+        }
+
+    @tf.function(input_signature=[_spec(tf.string), _spec(tf.int32)])
+    def decode(self, image, max_dim=_D["max_dim"]):
+        """The pixels serving_default would optimise for this encoded image and max_dim."""
+        return {"pixels": self._decode(image, max_dim, "image")}
+
+    def signatures(self) -> dict[str, tf.types.experimental.PolymorphicFunction]:
+        """For tf.saved_model.save; passing the tf.functions (not concrete functions) keeps
+        their defaults as PlaceholderWithDefault, so the server treats those inputs as optional."""
+        return {name: getattr(self, name) for name in SIGNATURES}
