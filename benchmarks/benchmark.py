@@ -245,6 +245,8 @@ def time_to_quality(run: Runner, args: argparse.Namespace, prepared: dict, pixel
                 "session_quality",
                 f"quality-session-{precision}-{optimizer}",
                 model_path=model["path"],
+                content=args.content,
+                style=args.style,
                 options=options,
                 target=target,
                 max_steps=int(args.quality_cap * args.quality_steps),

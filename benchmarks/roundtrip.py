@@ -1,25 +1,30 @@
-"""What the serving path costs: nst-client -> nst-devserver over loopback gRPC, against the same
-serving_default call run in-process through the server's loader (ServingSession).
+"""What cutting a run into calls costs: the same steps as one call and as calls of --chunk steps,
+in process (nst_model.load, the server's loader) or through nst-client and nst-devserver (loopback
+gRPC), with the bytes each call carries each way.
 
     nst-export --model-dir /tmp/bench/nst --weights vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5
-    python benchmarks/roundtrip.py --model-dir /tmp/bench/nst --size 256 --steps 20 --repeats 5
+    python benchmarks/roundtrip.py --model-dir /tmp/bench/nst --where local --size 192
+    python benchmarks/roundtrip.py --model-dir /tmp/bench/nst --where devserver --size 512
 
-The two paths alternate, after one warm-up call each; the ratio reported is the median of the
-per-pair ratios. The fixed cost of a call is measured apart, on a 16 px `decode`. Bytes on the
-wire are the serialized requests and responses, per call.
+Both modes run the project's one chunk loop (nst_client.chunked). They alternate, after a warm-up
+run of each; the overhead is the median over repeats of (chunked time / one-call time) - 1. Bytes
+are the serialized gRPC messages (devserver) or the arrays fed and fetched (local), per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pathlib
+import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -27,21 +32,34 @@ import PIL.Image
 
 from nst_client import NSTClient
 from nst_client.grpc_client import CHANNEL_OPTIONS
-from nst_model.session import ServingSession
+from nst_model.runner import Stylizer, load
 
 
 class WireCounter(grpc.UnaryUnaryClientInterceptor):
-    """Records (method, signature, request bytes, response bytes) of each call, serialized."""
+    """Records (signature, request bytes, response bytes) of each Predict call, serialized."""
 
     def __init__(self):
-        self.calls: list[tuple[str, str, int, int]] = []
+        self.calls: list[tuple[str, int, int]] = []
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         response = continuation(client_call_details, request)
-        method = client_call_details.method.rsplit("/", 1)[-1]
-        signature = request.model_spec.signature_name if method == "Predict" else ""
-        self.calls.append((method, signature, request.ByteSize(), response.result().ByteSize()))
+        if client_call_details.method.endswith("/Predict"):
+            self.calls.append((request.model_spec.signature_name, request.ByteSize(), response.result().ByteSize()))
         return response
+
+
+def counting(stylizer: Stylizer, calls: list[tuple[str, int, int]]) -> Stylizer:
+    """The stylizer with each call's input and output bytes (array sizes) recorded."""
+
+    def size(values: Mapping[str, object]) -> int:
+        return sum(len(v) if isinstance(v, bytes) else np.asarray(v).nbytes for v in values.values())
+
+    def call(signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
+        out = stylizer.call(signature, inputs, outputs)
+        calls.append((signature, size(inputs), size(out)))
+        return out
+
+    return Stylizer(call, stylizer.defaults)
 
 
 def photo_like(height: int, width: int, seed: int) -> bytes:
@@ -56,13 +74,12 @@ def photo_like(height: int, width: int, seed: int) -> bytes:
 
 
 def start_devserver(model_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(
         [pathlib.Path(sys.executable).parent / "nst-devserver", "--model-dir", str(model_dir), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     banner = process.stdout.readline()
     match = re.search(r" on (\S+):(\d+);", banner)
@@ -72,110 +89,89 @@ def start_devserver(model_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
     return process, f"{match[1]}:{match[2]}"
 
 
-def chunked_in_process(
-    session: ServingSession, content: bytes, style: bytes, steps: int, size: int, chunk: int
-) -> bytes:
-    """The client's chunked run (decode, then pixels calls handing the state on), without a network."""
-
-    def decode(image: bytes) -> np.ndarray:
-        return session.run("decode", {"image": np.array(image, object), "max_dim": np.int32(size)})["pixels"]
-
-    feeds = {"content": decode(content), "style": decode(style)}
-    pixels = session.signature("pixels")
-    state_names = set(pixels.outputs) & set(pixels.inputs)  # the resumable state, as the client derives it
-    state, done = {}, 0
-    while True:
-        todo = min(chunk, steps - done)
-        out = session.run("pixels", {**feeds, **state, "steps": np.int32(todo)})
-        done += todo
-        if done >= steps:
-            return out["image_bytes"]
-        state = {k: out[k] for k in state_names}
-
-
 def timed(call) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
 
 
+def cpu_model() -> str:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", required=True, help="an exported model folder, e.g. models/nst")
-    parser.add_argument("--size", type=int, default=256, help="max_dim of the run (default 256)")
+    parser.add_argument("--where", choices=("local", "devserver"), default="local")
+    parser.add_argument("--size", type=int, default=192, help="max_dim of the run (default 192)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chunk", type=int, default=5, help="steps per call for the chunked runs (default 5)")
+    parser.add_argument("--chunk", type=int, default=5, help="steps per call of the chunked runs (default 5)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
     model_dir = pathlib.Path(args.model_dir)
-    newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
     content, style = photo_like(args.size * 3 // 4, args.size, 1), photo_like(args.size, args.size, 2)
     options = {"steps": args.steps, "max_dim": args.size}
-    feeds = {
-        "content": np.array(content, object),
-        "style": np.array(style, object),
-        "steps": np.int32(args.steps),
-        "max_dim": np.int32(args.size),
-    }
+    wire: list[tuple[str, int, int]] = []
+    process = None
+    if args.where == "local":
+        newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+        stylizer = load(model_dir / str(newest))
 
-    session = ServingSession(model_dir / str(newest))
-    process, address = start_devserver(model_dir)
-    counter = WireCounter()
-    counted = grpc.intercept_channel(grpc.insecure_channel(address, options=CHANNEL_OPTIONS), counter)
+        def run(chunk: int, count: bool = False) -> bytes:
+            runner = counting(stylizer, wire) if count else stylizer
+            return runner.run(content, style, chunk=chunk, progress=False, **options).png
+    else:
+        process, address = start_devserver(model_dir)
+        counter = WireCounter()
+        counter.calls = wire
+        client = NSTClient(address, timeout=None)
+        channel = grpc.intercept_channel(grpc.insecure_channel(address, CHANNEL_OPTIONS), counter)
+        counted = NSTClient(address, timeout=None, channel=channel)
+
+        def run(chunk: int, count: bool = False) -> bytes:
+            return (counted if count else client).run(content, style, chunk=chunk, **options).png
+
     try:
-        with NSTClient(address, timeout=None) as client, NSTClient(address, channel=counted, timeout=None) as sizes:
-            reference = session.run("serving_default", feeds)["image_bytes"]
-            assert client.run(content, style, chunk=0, **options).png == reference
-            assert client.run(content, style, chunk=args.chunk, **options).png == reference
-            assert chunked_in_process(session, content, style, args.steps, args.size, args.chunk) == reference
-            local, local_chunked, single, chunked = [], [], [], []
-            for _ in range(args.repeats):
-                local.append(timed(lambda: session.run("serving_default", feeds)))
-                local_chunked.append(
-                    timed(lambda: chunked_in_process(session, content, style, args.steps, args.size, args.chunk))
-                )
-                single.append(timed(lambda: client.run(content, style, chunk=0, **options)))
-                chunked.append(timed(lambda: client.run(content, style, chunk=args.chunk, **options)))
-            # The fixed cost of a call: a 16 px `decode`, whose compute is next to nothing.
-            tiny = photo_like(16, 16, 3)
-            tiny_feeds = {"image": np.array(tiny, object), "max_dim": np.int32(16)}
-            tiny_request = {"image": tiny, "max_dim": np.int32(16)}
-            call_local = [timed(lambda: session.run("decode", tiny_feeds)) for _ in range(50)]
-            call_remote = [timed(lambda: client.predict("decode", tiny_request)) for _ in range(50)]
-            wire = {}
-            for chunk in (0, args.chunk):
-                counter.calls.clear()
-                sizes.run(content, style, chunk=chunk, **options)
-                wire[chunk] = list(counter.calls)
+        assert run(0) == run(args.chunk), "a chunked run must give one call's bytes"
+        one, chunked = [], []
+        for _ in range(args.repeats):
+            one.append(timed(lambda: run(0)))
+            chunked.append(timed(lambda: run(args.chunk)))
+        run(args.chunk, count=True)
     finally:
-        process.terminate()
-        process.wait()
-        session.close()
+        if process is not None:
+            process.terminate()
+            process.wait()
 
+    ratios = [c / o for c, o in zip(chunked, one, strict=True)]
+    overhead = statistics.median(ratios) - 1
+    print(f"{args.where}, {args.size} px, {args.steps} steps, {args.repeats} repeats, CPU {cpu_model()}")
+    print(f"one call:           median {statistics.median(one):.2f} s  {[round(t, 2) for t in one]}")
     print(
-        f"{args.size} px, {args.steps} steps, {args.repeats} repeats; JPEG inputs {len(content):,} + {len(style):,} B"
+        f"calls of {args.chunk:<3} steps: median {statistics.median(chunked):.2f} s  {[round(t, 2) for t in chunked]}"
     )
-    print(
-        f"one tiny call (16 px decode, median of 50): in-process {statistics.median(call_local) * 1e3:.2f} ms, "
-        f"through nst-client and nst-devserver {statistics.median(call_remote) * 1e3:.2f} ms"
-    )
-    print(f"in-process serving_default (ServingSession)  median {statistics.median(local):.3f} s")
-    ratios = [t / base for t, base in zip(local_chunked, local, strict=True)]
-    print(
-        f"in-process, the chunked calls (--chunk {args.chunk:<3}) median {statistics.median(local_chunked):.3f} s; "
-        f"ratio to one call: median {statistics.median(ratios):.3f}"
-    )
-    for chunk, times in ((0, single), (args.chunk, chunked)):
-        ratios = [t / base for t, base in zip(times, local, strict=True)]
-        print(
-            f"nst-client -> nst-devserver, --chunk {chunk:<3}   median {statistics.median(times):.3f} s; "
-            f"ratio to in-process: median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}"
-        )
-        for method, signature, sent, received in wire[chunk]:
-            print(f"    {method} {signature:<16} request {sent:>10,} B   response {received:>10,} B")
-        total = sum(sent + received for *_, sent, received in wire[chunk])
-        print(f"    total {total:,} B in {len(wire[chunk])} calls")
+    print(f"overhead of the chunked run: {overhead:+.1%} (median of per-pair ratios; goal at most +5%)")
+    print(f"bytes per call of the chunked run ({'serialized gRPC' if process else 'arrays fed and fetched'}):")
+    for signature, sent, received in wire:
+        print(f"    {signature:<16} in {sent:>12,} B   out {received:>12,} B")
+    if args.json:
+        figures = {
+            "where": args.where,
+            "size": args.size,
+            "steps": args.steps,
+            "chunk": args.chunk,
+            "cpu": cpu_model(),
+            "one_call_s": one,
+            "chunked_s": chunked,
+            "overhead": overhead,
+            "calls": [{"signature": s, "in_bytes": i, "out_bytes": o} for s, i, o in wire],
+        }
+        pathlib.Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

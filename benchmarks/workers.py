@@ -95,16 +95,11 @@ def load_pixels(pixels_dir: str, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Pixels:
-    """The `pixels` signature of an exported model, called the way a chunking client calls it.
-
-    Whatever inputs this version of the model has, the state is every output that is also an
-    input (image, optimiser moments or history, counters), so a resumed call continues the run.
-    """
+    """The `pixels` signature of an exported model, one call of N steps at a time (per-step times)."""
 
     def __init__(self, path: str, options: dict[str, object], strict: bool = True):
         self.session = serving_session(path)
         signature = self.session.signature("pixels")
-        self.state_names = sorted(set(signature.inputs) & set(signature.outputs))
         self.dropped = sorted(set(options) - set(signature.inputs))
         if self.dropped and strict:
             raise ValueError(f"this model's pixels signature has no inputs {self.dropped}")
@@ -119,23 +114,16 @@ class Pixels:
             return np.array(str(value).encode(), dtype=object)
         return np.asarray(value, dtype=dtype.as_numpy_dtype)
 
-    def __call__(self, content, style, steps: int, state=None, fetch: list[str] | None = None) -> dict:
-        feeds = {"content": content, "style": style, "steps": np.int32(steps), **self.options, **(state or {})}
+    def __call__(self, content, style, steps: int, fetch: list[str] | None = None) -> dict:
+        feeds = {"content": content, "style": style, "steps": np.int32(steps), **self.options}
         return self.session.run("pixels", feeds, fetch)
 
-    def state(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: outputs[k] for k in self.state_names}
-
     def warm(self, fetch: list[str] | None = None) -> None:
-        """Tiny requests in both feed patterns (fresh run, resumed run), as a server's warmup does.
-
-        The Session builds and optimises one executor per set of feeds and fetches on first
-        use; a served model has done that before its first real request.
-        """
+        """A tiny request, as a server's warmup does: the Session builds and optimises one executor
+        per set of feeds and fetches on first use; a served model has done that before its first
+        real request."""
         tiny = np.full((1, 16, 16, 3), 0.5, np.float32)
-        state = self.state(self(tiny, tiny, 1))
         self(tiny, tiny, 1, fetch=fetch)
-        self(tiny, tiny, 1, state, fetch)
 
     def close(self) -> None:
         self.session.close()
@@ -166,13 +154,13 @@ def prepare(args: dict) -> dict:
         defaults = signature_defaults(session, "pixels")
     finally:
         session.close()
-    from nst_model import runner
+    from nst_client.settings import DEFAULT_CHUNK
 
     return {
         "models": models,
         "shapes": shapes,
         "pixels_defaults": defaults,
-        "default_chunk": getattr(runner, "DEFAULT_CHUNK", 25),
+        "default_chunk": DEFAULT_CHUNK,
         "tensorflow": tf.__version__,
     }
 
@@ -315,29 +303,41 @@ def reference_quality(args: dict) -> dict:
 
 
 def session_quality(args: dict) -> dict:
-    """A chunking client of the pixels signature: calls of `chunk` steps, each resuming from the
-    last one's state, until the loss output reaches the target (or the step cap).
+    """The project's chunked run (nst_client.chunked, as nst-client and nst_model.load run it) on
+    the exported model through the TF1 Session: calls of `chunk` steps, each handing on the state
+    and the targets, until the loss reaches the target (or the step cap).
 
-    The clock covers every call (targets, steps, losses, PNG encoding, state in and out), on a
-    Session already warmed with tiny requests, as a served model is. Options not given keep the
-    signature's defaults: with none, this is the project's default mode.
+    The clock covers every call (decoding, targets, steps, losses, PNG encoding, state in and out),
+    on a Session already warmed by a tiny run of the same call patterns, as the exported warmup
+    requests warm a served model. Options not given keep the signature's defaults: with none, this
+    is the project's default mode.
     """
-    content, style = load_pixels(args["pixels_dir"], args["size"])
-    model = Pixels(args["model_path"], args["options"])
-    model.warm()
-    state: dict[str, np.ndarray] = {}
-    done, curve, loss = 0, [], float("inf")
+    from nst_model.runner import load
+
+    stylizer = load(args["model_path"])
+    content, style = (pathlib.Path(args[name]).read_bytes() for name in IMAGES)
+    options = {"max_dim": args["size"], **args["options"]}
+    stylizer.run(content, style, **{**options, "max_dim": 16}, steps=3, chunk=1, progress=False)
+    curve = []
     started = time.perf_counter()
-    while done < args["max_steps"] and loss > args["target"]:
-        steps = min(args["chunk"], args["max_steps"] - done)
-        out = model(content, style, steps, state)
-        state = model.state(out)
-        done, loss = done + steps, float(out["loss"])
-        curve.append([done, time.perf_counter() - started, loss])
-    model.close()
+
+    def progress(done: int, total: int, loss: float) -> None:
+        if done:
+            curve.append([done, time.perf_counter() - started, loss])
+
+    result = stylizer.run(
+        content,
+        style,
+        **options,
+        steps=args["max_steps"],
+        chunk=args["chunk"],
+        progress=progress,
+        stop=lambda done, loss: loss <= args["target"],
+    )
+    loss = result.losses["loss"]
     return {
         "chunk": args["chunk"],
-        "steps": done,
+        "steps": curve[-1][0],
         "seconds": curve[-1][1],
         "final_loss": loss,
         "target": args["target"],

@@ -7,8 +7,9 @@ never on the model package: any service can call the model with it.
     image = NSTClient("localhost:8500").stylize("content.jpg", "style.jpg", steps=300)
 """
 
-from .contract import DEFAULT_CHUNK, Result
+from .contract import Result
 from .errors import ClientError, InputError, ServerError
+from .settings import DEFAULT_CHUNK
 
 __all__ = ["DEFAULT_CHUNK", "ClientError", "InputError", "NSTClient", "RestClient", "Result", "ServerError"]
 

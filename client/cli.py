@@ -21,10 +21,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from . import contract, errors
+from .chunked import Interrupted
 from .errors import ClientError, InputError, ServerError
+from .output import checkpoint_path, prepare_output
+from .progress import ProgressBar
+from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
-    import tqdm
     from tensorflow.core.framework import tensor_pb2
 
     from .grpc_client import NSTClient
@@ -131,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk",
         type=_count,
-        help=f"steps per call, with a progress bar (default {contract.DEFAULT_CHUNK}); 0: one call",
+        help=f"steps per call, with a progress bar (default {DEFAULT_CHUNK}); 0: one call",
+    )
+    parser.add_argument(
+        "--save-every",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="also write the image every N steps, as OUTPUT_0100.png and so on (default: only at the end)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's start-up log lines")
@@ -148,20 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--timeout",
         type=lambda text: _seconds(text, zero=True),
-        default=600.0,
+        default=DEFAULT_TIMEOUT_S,
         help="deadline of each call in seconds, after which the server stops it (default %(default)g; 0: none)",
     )
     server.add_argument(
         "--connect-timeout",
         type=lambda text: _seconds(text, zero=False),
-        default=10.0,
+        default=DEFAULT_CONNECT_TIMEOUT_S,
         help="seconds to wait for the gRPC server to accept a connection (default %(default)g)",
     )
     server.add_argument(
         "--retries",
         type=_count,
-        default=3,
-        help="retries, with backoff, of calls the server could not take: UNAVAILABLE, RESOURCE_EXHAUSTED (default 3)",
+        default=DEFAULT_RETRIES,
+        help="retries, with backoff, of calls the server could not take: UNAVAILABLE, RESOURCE_EXHAUSTED "
+        "(default %(default)s)",
     )
 
     tls = parser.add_argument_group("TLS (gRPC; default: plaintext)")
@@ -218,12 +229,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--tls, --ca-file and client certificates are for gRPC; over REST use an https:// URL")
     if args.rest and args.chunk:
         parser.error("--chunk needs gRPC: over REST a run is one call")
-    if args.command == "stylize":
-        output = pathlib.Path(args.output)
-        if output.suffix.lower() != ".png":
-            parser.error("--output must end in .png: the model returns a PNG")
-        if not output.parent.is_dir():
-            parser.error(f"--output: no folder {output.parent}")
+    if args.rest and args.save_every:
+        parser.error("--save-every needs gRPC: over REST a run is one call")
+    if args.command == "stylize" and (problem := prepare_output(pathlib.Path(args.output))):
+        parser.error(problem)
     return args
 
 
@@ -282,12 +291,34 @@ def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
 def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
     content, *styles = args.args
     started = time.perf_counter()
+    output = pathlib.Path(args.output)
+
+    def save(steps: int, png: bytes) -> None:
+        checkpoint_path(output, steps).write_bytes(png)
+
     if args.rest:
         result = client.run(content, styles, **args.options)
     else:
-        chunk = contract.DEFAULT_CHUNK if args.chunk is None else args.chunk
-        with _ProgressBar(disable=args.quiet or chunk == 0) as bar:
-            result = client.run(content, styles, chunk=chunk, progress=bar, **args.options)
+        chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
+        try:
+            with ProgressBar(disable=args.quiet or (chunk == 0 and not args.save_every)) as bar:
+                result = client.run(
+                    content,
+                    styles,
+                    chunk=chunk,
+                    progress=bar,
+                    checkpoint=save if args.save_every else None,
+                    checkpoint_every=args.save_every,
+                    **args.options,
+                )
+        except Interrupted as e:
+            if e.png is not None:
+                save(e.done, e.png)
+                print(
+                    f"nst-client: wrote the image after {e.done} steps to {checkpoint_path(output, e.done)}",
+                    file=sys.stderr,
+                )
+            raise
     try:
         pathlib.Path(args.output).write_bytes(result.png)
     except OSError as e:
@@ -348,33 +379,6 @@ def _shown(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:g}"
     return str(value)
-
-
-class _ProgressBar:
-    """A tqdm bar fed by NSTClient's progress callback: steps done, loss and time left.
-
-    It appears at the first report, once the number of steps is known.
-    """
-
-    def __init__(self, disable: bool):
-        self.disable = disable
-        self.bar: tqdm.tqdm | None = None
-
-    def __call__(self, done: int, total: int, loss: float) -> None:
-        if self.bar is None:
-            import tqdm
-
-            self.bar = tqdm.tqdm(total=total, unit="step", disable=self.disable, dynamic_ncols=True, file=sys.stderr)
-        if math.isfinite(loss):
-            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-        self.bar.update(done - self.bar.n)
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import PIL.Image
 from .errors import InputError
 
 if TYPE_CHECKING:
+    from tensorflow.core.framework import tensor_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 
 SERVING_DEFAULT = "serving_default"
@@ -30,7 +31,6 @@ DECODE = "decode"  # encoded image -> the exact pixels serving_default would opt
 IMAGES = ("content", "style")
 LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
 DECODE_OPTIONS = ("max_dim",)  # options `decode` takes instead of `pixels`
-DEFAULT_CHUNK = 25
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 _KINDS = {"O": "a string", "b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}  # by numpy kind
@@ -73,12 +73,15 @@ def typed_options(options: Mapping[str, object], signature: meta_graph_pb2.Signa
             continue
         if name not in known:
             raise InputError(f"the model has no option {name!r}; it has: {', '.join(known)}")
-        values[name] = typed(name, value, signature.inputs[name])
+        values[name] = typed(name, value, signature.inputs[name], signature.defaults.get(name))
     return values
 
 
-def typed(name: str, value: object, info: meta_graph_pb2.TensorInfo) -> np.ndarray:
-    """`value` as the array the signature input `info` takes: a scalar, or a vector for rank 1.
+def typed(
+    name: str, value: object, info: meta_graph_pb2.TensorInfo, default: tensor_pb2.TensorProto | None = None
+) -> np.ndarray:
+    """`value` as the array the signature input `info` takes: a scalar, or a vector for rank 1
+    (declared, or, where the model declares any shape and checks it itself, its default's rank).
 
     Text for a non-string input is read as the command line writes it: "2", "true", and for
     vectors comma-separated values ("1,0.5,0"; "" for none).
@@ -88,7 +91,8 @@ def typed(name: str, value: object, info: meta_graph_pb2.TensorInfo) -> np.ndarr
     dtype = tensors.numpy_dtype(info.dtype)
     if dtype is None or dtype.kind not in _KINDS:
         raise InputError(f"{name}: the client cannot send {tensors.dtype_name(info.dtype)} inputs")
-    vector = not info.tensor_shape.unknown_rank and len(info.tensor_shape.dim) == 1
+    shape = default.tensor_shape if info.tensor_shape.unknown_rank and default is not None else info.tensor_shape
+    vector = not shape.unknown_rank and len(shape.dim) == 1
     if isinstance(value, str) and dtype.kind != "O":
         value = _parse(name, value, dtype, vector)
     if vector:

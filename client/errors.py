@@ -58,17 +58,22 @@ class ServerError(ClientError):
 
 
 def clean_message(details: str) -> str:
-    """The first line of a server message, without TensorFlow's assertion brackets.
+    """The line of a TensorFlow error that says what is wrong, without its decoration: the project's
+    one error-line cleaner, for the server's messages and for in-process ones.
 
     "assertion failed: [steps must be between 0 and 10000; got] [-1]\\n\\t [[{{node ...}}]]"
-    becomes "steps must be between 0 and 10000; got -1".
+    becomes "steps must be between 0 and 10000; got -1". In-process errors wrap that line in a
+    traceback ("Graph execution error: ... Detected at node ..."): the reason is the assertion,
+    else the line just above the first "[[{{node ...}}]]" marker, else the first line.
     """
-    lines = details.strip().splitlines()
-    first = lines[0] if lines else ""
-    if not first.startswith("assertion failed: "):
-        return first
-    first = first.removeprefix("assertion failed: ").replace("] [", " ")
-    return first[1:-1] if first.startswith("[") and first.endswith("]") else first  # keeps "[0, 1]"
+    lines = [line for line in details.strip().splitlines() if line.strip()]
+    marker = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[[")), None)
+    assertion = next((line for line in lines if line.startswith("assertion failed: ")), None)
+    line = assertion or (lines[marker - 1] if marker else lines[0] if lines else "")
+    if not line.startswith("assertion failed: "):
+        return line.strip()
+    line = line.removeprefix("assertion failed: ").replace("] [", " ").strip()
+    return line[1:-1] if line.startswith("[") and line.endswith("]") else line  # keeps "[0, 1]"
 
 
 # Codes that say the server could not take the call now: unreachable (restarting, connection lost)

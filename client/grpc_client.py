@@ -7,12 +7,12 @@ give the same PNG, because the state is the model's whole loop carry.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import pathlib
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -30,15 +30,15 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from . import contract, tensors
+from . import chunked, contract, tensors
 from .contract import Result
 from .errors import ClientError, InputError, ServerError, with_retries
 from .images import ImageLike, encode
+from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
 # The server accepts messages up to 2 GiB; gRPC's Python default receive limit is 4 MiB.
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))
 PROBE_TIMEOUT_S = 2.0  # how long the call that asks why a channel cannot connect may take
-Progress = Callable[[int, int, float], None]  # (steps done, total steps, loss; NaN before the first chunk)
 
 
 class NSTClient:
@@ -63,9 +63,9 @@ class NSTClient:
         *,
         model_name: str = "nst",
         version: int | None = None,
-        timeout: float | None = 600.0,
-        connect_timeout: float = 10.0,
-        retries: int = 3,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
         tls: bool = False,
         ca_file: str | os.PathLike | None = None,
         client_cert: str | os.PathLike | None = None,
@@ -95,8 +95,8 @@ class NSTClient:
         content: ImageLike,
         style: ImageLike | Sequence[ImageLike],
         *,
-        chunk: int = contract.DEFAULT_CHUNK,
-        progress: Progress | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        progress: chunked.Progress | None = None,
         **options: object,
     ) -> PIL.Image.Image:
         """`content` painted in `style`, as a PIL image; see `run` for the arguments."""
@@ -107,8 +107,10 @@ class NSTClient:
         content: ImageLike,
         style: ImageLike | Sequence[ImageLike],
         *,
-        chunk: int = contract.DEFAULT_CHUNK,
-        progress: Progress | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        progress: chunked.Progress | None = None,
+        checkpoint: chunked.Checkpoint | None = None,
+        checkpoint_every: int = 0,
         **options: object,
     ) -> Result:
         """Run the model on a content image and one or more style images (paths, encoded bytes,
@@ -117,73 +119,39 @@ class NSTClient:
         Options are the model's own inputs (steps, max_dim, style_weight, ...: `nst-client
         signatures` lists them), typed from the served signature; left out or None, the model's
         default applies. `chunk` > 0 runs `chunk` steps per call and reports to `progress`
-        before the first call and after each; 0 sends one call.
+        before the first call and after each; 0 sends one call. `checkpoint(steps, png)` gets the
+        image every `checkpoint_every` steps. Every call of a run goes to the version that took
+        its first call. Ctrl-C raises nst_client.chunked.Interrupted with the last finished image.
         """
         if chunk < 0:
             raise InputError(f"chunk must be >= 0; got {chunk}")
-        signatures = self._served_signatures()
-        values = contract.typed_options(options, signatures[contract.SERVING_DEFAULT])
+        signature = self._served_signatures()[contract.SERVING_DEFAULT]
+        values = contract.typed_options(options, signature)
+        defaults = {k: tensors.to_array(v) for k, v in signature.defaults.items()}
+        if "steps" not in values:
+            self.default_steps()  # refuses a model that declares none
         content_bytes = encode(content, "content")
         styles = [encode(s, "style") for s in contract.as_list(style)]
-        steps = int(values["steps"]) if "steps" in values else None
-        if chunk and steps is None:
-            steps = self.default_steps()
-        if chunk and steps > chunk:
-            return self._run_chunked(content_bytes, styles, values, steps, chunk, progress)
-        images = {"content": content_bytes, "style": styles[0] if len(styles) == 1 else np.array(styles, object)}
-        feeds = {k: tensors.to_proto(v) for k, v in {**images, **values}.items()}
-        result = _result(self._predict(contract.SERVING_DEFAULT, feeds))
-        if chunk and progress:
-            progress(steps, steps, result.losses["loss"])
-        return result
-
-    def _run_chunked(
-        self,
-        content: bytes,
-        styles: list[bytes],
-        values: dict[str, np.ndarray],
-        steps: int,
-        chunk: int,
-        progress: Progress | None,
-    ) -> Result:
-        pixels = self._served_signatures()[contract.PIXELS]
-        state_names = contract.state_names(pixels)
-        decode_options = {k: tensors.to_proto(values.pop(k)) for k in contract.DECODE_OPTIONS if k in values}
-        values.pop("steps", None)
-        stray = sorted(set(values) - set(pixels.inputs))
-        if stray:
-            raise InputError(f"options {stray} are not inputs of the {contract.PIXELS!r} signature: use chunk=0")
         version = self.version
 
-        def decode(image: bytes) -> tensor_pb2.TensorProto:
+        def call(signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
             nonlocal version
-            response = self._predict(
-                contract.DECODE, {"image": tensors.to_proto(image), **decode_options}, version=version
-            )
+            response = self._predict(signature, {k: tensors.to_proto(v) for k, v in inputs.items()}, outputs, version)
             version = response.model_spec.version.value  # every call of the run uses this version
-            return response.outputs["pixels"]
+            return {k: tensors.to_array(v) for k, v in response.outputs.items()}
 
-        feeds = {"content": decode(content), **_style_batch([decode(s) for s in styles])}
-        feeds.update({k: tensors.to_proto(v) for k, v in values.items()})
-        state: dict[str, tensor_pb2.TensorProto] = {}  # empty: the model starts a fresh run
-        done = 0
-        if progress:
-            progress(0, steps, math.nan)
-        while True:
-            todo = min(chunk, steps - done)
-            last = done + todo >= steps
-            steps_proto = tensors.to_proto(np.array(todo, np.int32))
-            # Each new set of outputs makes the server optimise the graph once more (seconds, once
-            # per server process), so chunks fetch everything, as the warmup requests did; the last
-            # call leaves out the state, which can be tens of MB.
-            wanted = ["image_bytes", *contract.LOSSES] if last else ()
-            response = self._predict(contract.PIXELS, {**feeds, **state, "steps": steps_proto}, wanted, version=version)
-            done += todo
-            if progress:
-                progress(done, steps, float(tensors.to_array(response.outputs["loss"])))
-            if last:
-                return _result(response)
-            state = {k: response.outputs[k] for k in state_names}
+        result = chunked.run(
+            call,
+            content_bytes,
+            styles,
+            values,
+            defaults,
+            chunk=chunk,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+        )
+        return dataclasses.replace(result, model_version=version)
 
     def default_steps(self) -> int:
         """The model's default number of steps, from its serving_default signature."""
@@ -339,25 +307,3 @@ def _hint(reason: str, tls: bool) -> str:
     if "Socket closed" in reason:
         return "if the server uses TLS, pass --tls or --ca-file"
     return "is it running?"
-
-
-def _style_batch(styles: list[tensor_pb2.TensorProto]) -> dict[str, tensor_pb2.TensorProto]:
-    """Decoded styles as `pixels` takes them: one as it is; several zero-padded into one batch
-    [styles, H, W, 3], each one's own size in `style_sizes`."""
-    if len(styles) == 1:
-        return {"style": styles[0]}
-    arrays = [tensors.to_array(s) for s in styles]
-    sizes = [a.shape[1:3] for a in arrays]
-    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-    batch = np.concatenate(
-        [np.pad(a, [(0, 0), (0, height - h), (0, width - w), (0, 0)]) for a, (h, w) in zip(arrays, sizes, strict=True)]
-    )
-    return {"style": tensors.to_proto(batch), "style_sizes": tensors.to_proto(np.array(sizes, np.int32))}
-
-
-def _result(response: predict_pb2.PredictResponse) -> Result:
-    return Result(
-        png=tensors.to_array(response.outputs["image_bytes"]).item(),
-        losses={k: float(tensors.to_array(response.outputs[k])) for k in contract.LOSSES},
-        model_version=response.model_spec.version.value,
-    )

@@ -8,11 +8,12 @@ pixels as JSON numbers would cost several times their binary size.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -22,10 +23,11 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from . import contract
+from . import chunked, contract, tensors
 from .contract import Result
 from .errors import ServerError, with_retries
 from .images import ImageLike, encode
+from .settings import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
 # The server's mapping of status codes to HTTP (model_servers/http_server.cc), reversed.
 # 400 also stands for FAILED_PRECONDITION and OUT_OF_RANGE; 500 for INTERNAL and DATA_LOSS.
@@ -56,8 +58,8 @@ class RestClient:
         *,
         model_name: str = "nst",
         version: int | None = None,
-        timeout: float | None = 600.0,
-        retries: int = 3,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
     ):
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
@@ -75,19 +77,16 @@ class RestClient:
         if self._signature is None:
             self._signature = self.signatures()[1][contract.SERVING_DEFAULT]
         values = contract.typed_options(options, self._signature)
-        styles = [_b64(encode(s, "style")) for s in contract.as_list(style)]
-        inputs: dict[str, Any] = {
-            "content": _b64(encode(content, "content")),
-            "style": styles[0] if len(styles) == 1 else styles,
-            **{k: _json_value(v) for k, v in values.items()},
-        }
-        body = {"signature_name": contract.SERVING_DEFAULT, "inputs": inputs}
-        outputs = self._request(":predict", body)["outputs"]
-        return Result(
-            png=base64.b64decode(outputs["image_bytes"]["b64"]),
-            losses={k: float(outputs[k]) for k in contract.LOSSES},
-            model_version=self.version,
-        )
+        # Over REST the stock server fills in no defaults: every input is sent, defaults from the signature.
+        defaults = {k: tensors.to_array(v) for k, v in self._signature.defaults.items()}
+        styles = [encode(s, "style") for s in contract.as_list(style)]
+        result = chunked.run(self._call, encode(content, "content"), styles, {**defaults, **values}, defaults, chunk=0)
+        return dataclasses.replace(result, model_version=self.version)
+
+    def _call(self, signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, Any]:
+        """One Predict call in the columnar JSON form (the REST API has no output filter)."""
+        body = {"signature_name": signature, "inputs": {k: _json_value(v) for k, v in inputs.items()}}
+        return {k: _from_json(v) for k, v in self._request(":predict", body)["outputs"].items()}
 
     def status(self) -> list[get_model_status_pb2.ModelVersionStatus]:
         """The state of each version of the model (GET /v1/models/<name>)."""
@@ -128,16 +127,24 @@ class RestClient:
             ) from None
 
 
+def _json_value(value: np.ndarray) -> object:
+    """An input as JSON: numbers, booleans, lists of them; strings as {"b64": ...} (images are
+    binary, and the server decodes b64 for any string input)."""
+    plain = np.asarray(value).tolist()
+    if np.asarray(value).dtype.kind == "O":
+        return [_b64(v) for v in plain] if isinstance(plain, list) else _b64(plain)
+    return plain
+
+
 def _b64(data: bytes) -> dict[str, str]:
     return {"b64": base64.b64encode(data).decode()}
 
 
-def _json_value(value: np.ndarray) -> object:
-    """An option as JSON: numbers, booleans, text (string inputs), or lists of them."""
-    plain = value.tolist()
-    if value.dtype.kind == "O":
-        return [v.decode() for v in plain] if isinstance(plain, list) else plain.decode()
-    return plain
+def _from_json(value: object) -> object:
+    """An output from JSON: `_bytes` outputs come as {"b64": ...}, numbers as they are."""
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"])
+    return np.asarray(value)
 
 
 def _error_message(error: urllib.error.HTTPError) -> str:

@@ -68,9 +68,70 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
         if dtype.kind == "O":
             raise TypeError("string tensors packed in tensor_content are not supported")
         return np.frombuffer(proto.tensor_content, dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    values = np.array(list(getattr(proto, field)) if dtype.kind == "O" else getattr(proto, field), dtype=dtype)
+    if field == "float_val" and len(proto.float_val) > _FAST_FROM:
+        values = np.frombuffer(_packed_field(proto.SerializeToString(), _FLOAT_VAL), "<f4").astype(np.float32)
+    else:
+        values = np.array(list(getattr(proto, field)) if dtype.kind == "O" else getattr(proto, field), dtype=dtype)
     if 0 < values.size < count:
         values = np.pad(values, (0, count - values.size), mode="edge")
     elif values.size == 0:
         values = np.zeros(count, dtype) if dtype.kind != "O" else np.full(count, b"", dtype)
     return values.reshape(shape)
+
+
+# Tens of MB of float_val (the server's form for outputs, such as a chunked run's state) take seconds
+# to go through Python floats one by one; their wire form is the packed little-endian array itself.
+_FLOAT_VAL = 5  # TensorProto.float_val's field number
+_FAST_FROM = 4096  # values; below this the plain way is as fast
+
+
+def float_val_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """A DT_FLOAT TensorProto with its values in `float_val`, as tensorflow_model_server fills it,
+    built from the packed bytes."""
+    array = np.asarray(array, "<f4")  # tobytes() is C order whatever the layout; 0-d stays 0-d
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape])
+    header = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape).SerializeToString()
+    payload = array.tobytes()
+    field = _varint(_FLOAT_VAL << 3 | 2) + _varint(len(payload))
+    return tensor_pb2.TensorProto.FromString(header + field + payload)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if byte < 0x80:
+            return value, at
+
+
+def _packed_field(data: bytes, number: int) -> bytes:
+    """The payload of the packed repeated field `number` in a serialized message (its top level)."""
+    at, parts = 0, []
+    while at < len(data):
+        key, at = _read_varint(data, at)
+        wire = key & 7
+        if wire == 0:
+            _, at = _read_varint(data, at)
+        elif wire == 1:
+            at += 8
+        elif wire == 5:
+            at += 4
+        elif wire == 2:
+            length, at = _read_varint(data, at)
+            if key >> 3 == number:
+                parts.append(data[at : at + length])
+            at += length
+        else:
+            raise TypeError(f"unexpected wire type {wire} in a TensorProto")
+    return b"".join(parts)

@@ -38,7 +38,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
-from nst_devserver.server import Model, RunSlots, ServingError
+from nst_devserver.serving import Model, RunSlots, ServingError
 
 REST_TIMEOUT_MS = (
     600_000  # what Dockerfile.serving passes as --rest_api_timeout_in_ms (the server's own default: 30000)

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all)"
     )
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0: any free port)")
+    parser.add_argument(
+        "--rest-port",
+        type=int,
+        help="also serve TF Serving's REST API on this port, as --rest_api_port (0: any free port; default: none)",
+    )
     cores = os.cpu_count() or 1
     parser.add_argument(
         "--max-concurrent",
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"nst-devserver: serving model {model.name!r} (versions {versions}; {started.warmed} warmup requests "
         f"replayed) on {args.host}:{started.port}; {'TLS' if started.tls else 'plaintext'}, "
+        f"{f'REST (plaintext) on port {started.rest_port}, ' if started.rest else ''}"
         f"{args.max_concurrent} runs at once, {args.max_queue} queued; a development stand-in for "
         "tensorflow_model_server",
         flush=True,
@@ -106,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: server.stop(grace=5))
     server.wait_for_termination()
+    if started.rest is not None:
+        started.rest.shutdown()
+        started.rest.server_close()
     model.close()
     return 0
 
@@ -116,6 +125,8 @@ class Started(NamedTuple):
     port: int
     warmed: int  # warmup requests replayed
     tls: bool
+    rest: Any = None  # http.server.ThreadingHTTPServer, with --rest-port
+    rest_port: int | None = None
 
 
 def start(args: argparse.Namespace) -> Started:
@@ -138,10 +149,15 @@ def start(args: argparse.Namespace) -> Started:
         warmed = model.warm_up()
         slots = RunSlots(args.max_concurrent, args.max_queue)
         server, port = serve(model, args.host, args.port, slots=slots, credentials=credentials)
+        rest, rest_port = None, None
+        if args.rest_port is not None:  # the same run slots: REST and gRPC calls share the bound
+            from nst_devserver.rest import serve_rest
+
+            rest, rest_port = serve_rest(model, args.host, args.rest_port, slots)
     except (RuntimeError, OSError) as e:
         model.close()
         raise StartError(str(e), 1) from None
-    return Started(model, server, port, warmed, tls=credentials is not None)
+    return Started(model, server, port, warmed, credentials is not None, rest, rest_port)
 
 
 @contextlib.contextmanager

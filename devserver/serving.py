@@ -48,6 +48,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from nst_client import tensors
 from nst_model.session import DEFAULT_SIGNATURE, ServingSession
 
 WARMUP_FILE = pathlib.Path("assets.extra", "tf_serving_warmup_requests")  # the name the real server reads
@@ -332,7 +333,7 @@ def tensor_from_proto(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
                 f"(short fields are filled only up to {MAX_FILL} elements)"
             )
         if proto.dtype == types_pb2.DT_FLOAT and given == count:
-            return np.asarray(proto.float_val, np.float32).reshape(dims)
+            return tensors.to_array(proto)
     try:
         return tf.make_ndarray(proto)
     except (TypeError, ValueError) as e:
@@ -366,6 +367,8 @@ def as_proto_field(value: np.ndarray) -> tensor_pb2.TensorProto:
     field = _PROTO_FIELDS.get(value.dtype)
     if field is None:
         return tf.make_tensor_proto(value)
+    if field == "float_val":
+        return tensors.float_val_proto(value)  # the same message, without tens of MB of Python floats
     proto = tensor_pb2.TensorProto(
         dtype=tf.as_dtype(value.dtype).as_datatype_enum, tensor_shape=tf.TensorShape(value.shape).as_proto()
     )

@@ -19,7 +19,7 @@ import tensorflow as tf
 from serving_helpers import serving_default, wait_for
 from tensorflow_serving.apis import get_model_status_pb2
 
-from nst_client import RestClient, ServerError, tensors
+from nst_client import RestClient, tensors
 from nst_devserver import rest
 from nst_devserver import server as ds
 
@@ -158,13 +158,9 @@ def test_rest_client_gets_the_png_of_the_session_when_it_sends_every_input(port,
     assert result.png == serving_default(serving, content_png, style_png, **SMALL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ServerError,
-    reason="RestClient sends only the options given, and TF Serving's REST API needs every signature input "
-    "(json_tensor.cc FillTensorMapFromInputsMap: 'Missing named input'); defaults apply over gRPC only",
-)
 def test_rest_client_with_defaults_left_out(port, serving, content_png, style_png):
+    """The stock REST API fills in no defaults (json_tensor.cc: 'Missing named input'): the client
+    sends each input it was not given with the signature's default."""
     result = RestClient(f"http://127.0.0.1:{port}", retries=0).run(content_png, style_png, **SMALL)
     assert result.png == serving_default(serving, content_png, style_png, **SMALL)
 
