@@ -52,7 +52,11 @@ def counting(stylizer: Stylizer, calls: list[tuple[str, int, int]]) -> Stylizer:
     """The stylizer with each call's input and output bytes (array sizes) recorded."""
 
     def size(values: Mapping[str, object]) -> int:
-        return sum(len(v) if isinstance(v, bytes) else np.asarray(v).nbytes for v in values.values())
+        def one(value: object) -> int:
+            array = np.asarray(value)
+            return sum(len(v) for v in array.ravel()) if array.dtype == object else array.nbytes
+
+        return sum(len(v) if isinstance(v, bytes) else one(v) for v in values.values())
 
     def call(signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict:
         out = stylizer.call(signature, inputs, outputs)

@@ -100,11 +100,10 @@ def run(
             if every:
                 todo = min(todo, every - done % every)
             last = done + todo >= steps
-            if stop:  # any chunk may be the last: fetch what a last one returns (the state is extra)
-                last = False
-            wanted = ("image_bytes", *LOSSES) if last else ("image_bytes", *LOSSES, *state_names(optimizer))
-            if not state:
-                wanted = (*wanted, *TARGETS)
+            # Every call after the first asks for the same outputs, the last one too: the server builds
+            # an executor per set of inputs and outputs (seconds), and two sets per optimiser are what
+            # the export's warmup requests prepare. The last call's state is a few MB to spare.
+            wanted = ("image_bytes", *LOSSES, *state_names(optimizer), *([] if state else TARGETS))
             images = {"content": content_pixels} if state else {"content": content_pixels, **style_pixels}
             steps_array = np.array(todo, np.int32)
             out = call(PIXELS, {**images, **feeds, **state, "steps": steps_array}, wanted)
@@ -114,7 +113,7 @@ def run(
                 progress(done, steps, float(out["loss"]))
             if every and (done % every == 0 or last):
                 checkpoint(done, png)
-            if last or done >= steps or (stop and stop(done, float(out["loss"]))):
+            if last or (stop and stop(done, float(out["loss"]))):
                 return _result(out)
             targets = targets or {k: out[k] for k in TARGETS}
             state = {**{k: out[k] for k in state_names(optimizer)}, **targets}

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import TextIO
 
 import tqdm
 
 
 class ProgressBar:
-    def __init__(self, disable: bool = False):
+    def __init__(self, disable: bool = False, file: TextIO | None = None):
         self.disable = disable
+        self.file = file or sys.stderr
         self.bar: tqdm.tqdm | None = None
         if not disable:
-            print("setting up: reading the images and the model ...", file=sys.stderr, flush=True)
+            print("setting up: reading the images and the model ...", file=self.file, flush=True)
 
     def __call__(self, done: int, total: int, loss: float) -> None:
         if self.disable:
             return
         if self.bar is None:
-            self.bar = tqdm.tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, initial=done)
+            self.bar = tqdm.tqdm(total=total, unit="step", dynamic_ncols=True, file=self.file, initial=done)
         if math.isfinite(loss):
             self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         self.bar.update(done - self.bar.n)  # redraws, with the postfix just set

@@ -14,15 +14,12 @@ on a machine without a GPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from nst_client.cli import quiet_tensorflow
+from nst_client.cli import hidden_stderr, quiet_tensorflow
 
 
 def __getattr__(name: str) -> object:
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tls-cert and --tls-key go together; --tls-client-ca needs both")
     quiet_tensorflow(args.verbose)
     try:
-        with start_up_output(hidden=not args.verbose):
+        with hidden_stderr(hidden=not args.verbose):
             started = start(args)
     except StartError as e:
         parser.exit(e.exit_code, f"nst-devserver: error: {e}\n")
@@ -158,37 +155,6 @@ def start(args: argparse.Namespace) -> Started:
         model.close()
         raise StartError(str(e), 1) from None
     return Started(model, server, port, warmed, credentials is not None, rest, rest_port)
-
-
-@contextlib.contextmanager
-def start_up_output(hidden: bool) -> Iterator[None]:
-    """With `hidden`, what the process writes to stderr during the block goes to a file, shown only if
-    the block fails.
-
-    TF_CPP_MIN_LOG_LEVEL does not reach every line: TensorFlow also logs through absl
-    ("WARNING: All log messages before absl::InitializeLog() ...", "MLIR V1 optimization pass is
-    not enabled" at the first Session run), which nothing outside C++ can configure. The file
-    descriptor is what catches them all.
-    """
-    if not hidden:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if failed:
-                capture.seek(0)
-                sys.stderr.write(capture.read().decode(errors="replace"))
-                sys.stderr.flush()
 
 
 if __name__ == "__main__":

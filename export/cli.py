@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from nst_client.cli import quiet_tensorflow
+from nst_client.cli import hidden_stderr, quiet_tensorflow
 from nst_model.options import PRECISIONS
 
 
@@ -28,16 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.version is not None and args.version < 1:
         parser.error("--version must be a positive integer")
     quiet_tensorflow(args.verbose)
-    from nst_export.exporter import describe, export
-    from nst_model.vgg import WeightsError
-
     started = time.perf_counter()
-    try:
-        path = export(args.model_dir, args.version, args.weights, args.precision)
-    except (WeightsError, FileExistsError) as e:
-        parser.exit(2, f"nst-export: error: {e}\n")
+    problem = None
+    with hidden_stderr(hidden=not args.verbose):
+        from nst_export.exporter import describe, export
+        from nst_model.vgg import WeightsError
+
+        try:
+            path = export(args.model_dir, args.version, args.weights, args.precision)
+            description = describe(path)
+        except (WeightsError, FileExistsError) as e:
+            problem = e
+    if problem:
+        parser.exit(2, f"nst-export: error: {problem}\n")
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    print(describe(path))
+    print(description)
     print(
         f"exported {path} ({size / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s; "
         "checked through the TF1 Session loader with its warmup requests"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from typing import TextIO
 
 from nst_client.output import checkpoint_path, prepare_output
 from nst_model.options import PRECISIONS, add_flags, from_flags, problems
@@ -55,13 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     if problem := prepare_output(output):
         parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {problem}\n")
 
-    from nst_client.cli import quiet_tensorflow
+    from nst_client.cli import hidden_stderr, quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
+    # TensorFlow's own log lines go nowhere (unless --verbose); the bar and the outcome to the terminal.
+    with hidden_stderr(hidden=not args.verbose) as terminal:
+        outcome, code = run(args, options, output, terminal)
+    print(outcome, file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal: TextIO) -> tuple[str, int]:
+    """Build or load the model and run it: (the line to print, the exit code)."""
     import tensorflow as tf
 
     from nst_client.chunked import Interrupted
     from nst_client.errors import ClientError, clean_message
+    from nst_client.progress import ProgressBar
     from nst_model.model import StyleTransfer
     from nst_model.runner import Stylizer, load
     from nst_model.signatures import Servable
@@ -71,38 +82,36 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_path(output, steps).write_bytes(png)
 
     try:
-        if args.model:
-            stylizer = load(args.model)
-        else:
-            model = StyleTransfer(load_weights(args.weights)[0], resolve_precision(args.precision))
-            stylizer = Stylizer.from_module(Servable(model))
-        result = stylizer.run(
-            args.content,
-            args.style,
-            chunk=args.chunk,
-            progress=not args.quiet,
-            checkpoint=save if args.save_every else None,
-            checkpoint_every=args.save_every,
-            **options,
-        )
+        with ProgressBar(disable=args.quiet, file=terminal) as bar:
+            if args.model:
+                stylizer = load(args.model)
+            else:
+                model = StyleTransfer(load_weights(args.weights)[0], resolve_precision(args.precision))
+                stylizer = Stylizer.from_module(Servable(model))
+            result = stylizer.run(
+                args.content,
+                args.style,
+                chunk=args.chunk,
+                progress=bar,
+                checkpoint=save if args.save_every else None,
+                checkpoint_every=args.save_every,
+                **options,
+            )
         output.write_bytes(result.png)
     except (WeightsError, ClientError, OSError) as e:
-        parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {e}\n")
+        return f"nst-stylize: error: {e}", EXIT_BAD_INPUT
     except tf.errors.OpError as e:
-        parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {clean_message(e.message)}\n")
+        return f"nst-stylize: error: {clean_message(e.message)}", EXIT_BAD_INPUT
     except Interrupted as e:
         where = "no step had finished"
         if e.png is not None:
             save(e.done, e.png)
             where = f"wrote the image after {e.done} steps to {checkpoint_path(output, e.done)}"
-        print(f"nst-stylize: interrupted; {where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return f"nst-stylize: interrupted; {where}", EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("nst-stylize: interrupted before the run started", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return "nst-stylize: interrupted before the run started", EXIT_INTERRUPTED
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
-    print(f"wrote {output} ({result.image.width}x{result.image.height}); {losses}", file=sys.stderr)
-    return 0
+    return f"wrote {output} ({result.image.width}x{result.image.height}); {losses}", 0
 
 
 if __name__ == "__main__":

@@ -91,16 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one or two style images")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from nst_model import runner
     from nst_model.model import StyleTransfer
-    from nst_model.options import CONTENT_LAYER
+    from nst_model.runner import Stylizer, load
+    from nst_model.signatures import Servable
     from nst_model.vgg import load_weights
 
     if args.model:
-        stylizer = runner.load(args.model)
+        stylizer = load(args.model)
     else:
-        model = StyleTransfer(load_weights(args.weights, CONTENT_LAYER)[0])
-        stylizer = runner.Stylizer(model.decode, model.pixels)
+        stylizer = Stylizer.from_module(Servable(StyleTransfer(load_weights(args.weights)[0])))
     common = {"max_dim": args.max_dim, "steps": args.steps, **dict(args.set)}
     height = args.max_dim
     tiles = [tile(PIL.Image.open(p), pathlib.Path(p).name, height) for p in (args.content, *args.styles)]

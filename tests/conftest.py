@@ -109,3 +109,14 @@ def content_png() -> bytes:
 @pytest.fixture
 def style_png() -> bytes:
     return png_bytes(make_image(48, 48, seed=2))
+
+
+# Tests that start nst-devserver, need the real weights, export a model of their own or trace the
+# whole model in a fresh process take a minute or more each: `pytest -m "not slow"` leaves them out.
+SLOW_FIXTURES = {"model_base", "devserver", "real_weights", "real"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

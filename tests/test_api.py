@@ -96,6 +96,7 @@ def _stylize_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_writes_serving_defaults_png_with_progress(tmp_path, weights_file, expected, content_png, style_png):
     (tmp_path / "c.png").write_bytes(content_png)
     (tmp_path / "s.png").write_bytes(style_png)
@@ -122,6 +123,7 @@ def test_cli_writes_serving_defaults_png_with_progress(tmp_path, weights_file, e
     assert f"wrote {out} (40x28)" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path, weights_file, content_png):
     (tmp_path / "c.png").write_bytes(content_png)
     (tmp_path / "bad.jpg").write_bytes(b"<html>not an image</html>")

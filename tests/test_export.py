@@ -21,17 +21,16 @@ def test_layout_warmup_and_info(exported, weights_file):
     requests = exporter.read_warmup(exported / "assets.extra" / exporter.WARMUP_FILE)
     assert {r.model_spec.name for r in requests} == {"nst"}
     assert {r.model_spec.signature_name for r in requests} == {"decode", "pixels", "serving_default"}
-    # Every call pattern of the chunk loop, for each optimiser: fresh and resumed pixels calls, with
-    # the output filters the loop uses, so that no real request meets a Session executor to build.
+    # Every call pattern of the chunk loop once, for each optimiser: the fresh and the resumed pixels
+    # call, with the output filters the loop uses, so that no real request meets an executor to build.
+    assert [r.model_spec.signature_name for r in requests].count("decode") == 1
     pixels = [r for r in requests if r.model_spec.signature_name == "pixels"]
     for optimizer in ("lbfgs", "adam"):
-        runs = [r for r in pixels if ("optimizer" in r.inputs) == (optimizer == "adam")]
-        fresh, middle, last = runs
+        fresh, later = [r for r in pixels if ("optimizer" in r.inputs) == (optimizer == "adam")]
         assert "style" in fresh.inputs and "image" not in fresh.inputs
         assert set(chunked.TARGETS) <= set(fresh.output_filter)
-        assert "style" not in middle.inputs and set(chunked.state_names(optimizer)) <= set(middle.inputs)
-        assert set(chunked.state_names(optimizer)) <= set(middle.output_filter)
-        assert list(last.output_filter) == ["image_bytes", *chunked.LOSSES]
+        assert "style" not in later.inputs and set(chunked.state_names(optimizer)) <= set(later.inputs)
+        assert set(chunked.state_names(optimizer)) <= set(later.output_filter)
     for request in requests:  # tiny: the server replays them at load, with no deadline
         if "max_dim" in request.inputs:
             assert tf.make_ndarray(request.inputs["max_dim"]) == 16
@@ -61,6 +60,7 @@ def test_signature_defaults_are_in_the_graph(exported):
     assert "in  preserve_colors bool     default: False" in description
 
 
+@pytest.mark.slow
 def test_versions_count_up_and_never_overwrite(tmp_path, weights_file):
     model_dir = tmp_path / "nst"
     (model_dir / "3").mkdir(parents=True)
@@ -71,6 +71,7 @@ def test_versions_count_up_and_never_overwrite(tmp_path, weights_file):
     assert exporter.export(model_dir, weights=weights_file).name == "4"
 
 
+@pytest.mark.slow
 def test_a_failed_check_leaves_no_version_behind(tmp_path, weights_file, monkeypatch):
     def broken(path):
         raise RuntimeError("warmup failed")

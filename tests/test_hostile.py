@@ -78,12 +78,14 @@ def test_largest_max_dim_is_accepted_and_one_more_is_not(serving):
     assert run(64) == "ok"
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.binary(max_size=512))
 def test_fuzz_random_bytes(serving, data):
     assert outcome(serving, data, VALID["png"]) in ("ok", "invalid")
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     kind=st.sampled_from(sorted(VALID)),

@@ -31,6 +31,7 @@ def decode(serving: ServingSession, png: bytes, max_dim: int) -> np.ndarray:
     return serving.run("decode", {"image": np.array(png, object), "max_dim": np.int32(max_dim)})["pixels"]
 
 
+@pytest.mark.slow
 def test_session_and_tf2_loader_give_the_same_png(serving, exported, content_png, style_png):
     by_session = run_default(serving, content_png, style_png, steps=3, max_dim=48)
     signature = tf.saved_model.load(str(exported)).signatures["serving_default"]
@@ -43,6 +44,7 @@ def test_session_and_tf2_loader_give_the_same_png(serving, exported, content_png
     assert float(by_tf2["loss"]) == pytest.approx(float(by_session["loss"]), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_each_step_matches_the_reference_tutorial_loop(serving, weights_file, content_png, style_png):
     """Keras VGG19 + tf.keras.optimizers.Adam (the tutorial) and the SavedModel take the same steps.
 
@@ -77,6 +79,7 @@ def test_each_step_matches_the_reference_tutorial_loop(serving, weights_file, co
         assert float(out[name]) == pytest.approx(float(value), rel=1e-5), name
 
 
+@pytest.mark.slow
 def test_free_run_matches_the_reference_losses(serving, weights_file, content_png, style_png):
     content, style = decode(serving, content_png, 64), decode(serving, style_png, 64)
     reference = Reference(weights_file, content, style)

@@ -61,7 +61,7 @@ def test_serving_default_takes_the_optimizer(serving, content_png, style_png):
     [
         ("lbfgs_s", np.zeros([11, 24, 32, 3], np.float32), "lbfgs_s must be empty or hold at most 10 images"),
         ("lbfgs_s", np.zeros([2, 20, 32, 3], np.float32), "lbfgs_s must be empty or hold at most 10 images"),
-        ("lbfgs_y", np.full([1, 24, 32, 3], np.nan, np.float32), "lbfgs_y must be finite"),
+        ("lbfgs_y", np.full([1, 24, 32, 3], np.nan, np.float32), "lbfgs_y values must be finite"),
         ("lbfgs_y", np.ones([2, 24, 32, 3], np.float32), "lbfgs_s and lbfgs_y must pair up"),
     ],
 )
@@ -76,6 +76,7 @@ def test_bad_lbfgs_state_is_invalid_argument(serving, name, value, message):
         serving.run("pixels", {**feeds, name: value})
 
 
+@pytest.mark.slow
 def test_bfloat16_export_is_close_to_float32(tmp_path, weights_file, serving, content_png, style_png):
     from nst_export.exporter import INFO_FILE, export
 

@@ -33,6 +33,7 @@ def test_reads_the_layout_keras3_save_weights_writes(tmp_path):
     np.testing.assert_array_equal(weights["block4_conv3"][0], expected["block4_conv3"][0])
 
 
+@pytest.mark.slow
 def test_features_match_keras_vgg19(weights_file):
     """Our tf.nn network and Keras's VGG19 (same file) give the same activations."""
     import tensorflow as tf
