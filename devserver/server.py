@@ -19,7 +19,8 @@ import signal
 import sys
 from typing import Any, NamedTuple
 
-from nst_client.cli import hidden_stderr, quiet_tensorflow
+from nst_client.cli import quiet_tensorflow
+from nst_client.quiet import hidden_stderr
 
 
 def __getattr__(name: str) -> object:

@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from nst_client.cli import hidden_stderr, quiet_tensorflow
+from nst_client.cli import quiet_tensorflow
+from nst_client.quiet import hidden_stderr
 from nst_model.options import PRECISIONS
 
 

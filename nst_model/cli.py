@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem := prepare_output(output):
         parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {problem}\n")
 
-    from nst_client.cli import hidden_stderr, quiet_tensorflow
+    from nst_client.cli import quiet_tensorflow
+    from nst_client.quiet import hidden_stderr
 
     quiet_tensorflow(args.verbose)
     # TensorFlow's own log lines go nowhere (unless --verbose); the bar and the outcome to the terminal.

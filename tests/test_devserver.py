@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from nst_client.cli import hidden_stderr
+from nst_client.quiet import hidden_stderr
 from nst_devserver import server as cli
 from nst_devserver import serving as ds
 from nst_export.exporter import read_warmup
