@@ -82,7 +82,7 @@ def test_unknown_option_is_a_type_error(stylizer, content_png):
         (np.zeros((4, 4, 2), np.uint8), "must be shaped"),
         (np.full((4, 4, 3), 2.0), "within \\[0, 1\\]"),
         (np.zeros((4, 4, 3), np.int64), "must be uint8"),
-        ("no/such/file.jpg", "content image not found"),
+        ("no/such/file.jpg", "cannot read the content image no/such/file.jpg"),
         (3.5, "must be a path, bytes, a PIL image or a numpy array"),
     ],
 )
@@ -134,8 +134,8 @@ def test_cli_errors_are_one_line(tmp_path, weights_file, content_png):
     )
     weights = _stylize_cli(str(tmp_path / "c.png"), str(tmp_path / "c.png"), "--weights", str(tmp_path / "w.h5"))
     for result, message in (
-        (missing, "style image not found"),
-        (bad, "image is not a JPEG, PNG, GIF or BMP image"),
+        (missing, "cannot read the style image"),
+        (bad, "bad.jpg is not an image the client can read"),
         (steps, "steps must be between 0 and 10000; got -2"),
         (weights, "w.h5 (from --weights): no such file"),
     ):
