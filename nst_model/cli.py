@@ -71,6 +71,7 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
     """Build or load the model and run it: (the line to print, the exit code)."""
     import tensorflow as tf
 
+    from nst_client import images
     from nst_client.chunked import Interrupted
     from nst_client.errors import ClientError, clean_message
     from nst_client.progress import ProgressBar
@@ -83,6 +84,9 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
         checkpoint_path(output, steps).write_bytes(png)
 
     try:
+        # The images first: a missing or unreadable one is reported before a minute of model building.
+        content = images.encode(args.content, "content")
+        styles = [images.encode(style, "style") for style in args.style]
         with ProgressBar(disable=args.quiet, file=terminal) as bar:
             if args.model:
                 stylizer = load(args.model)
@@ -90,8 +94,8 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
                 model = StyleTransfer(load_weights(args.weights)[0], resolve_precision(args.precision))
                 stylizer = Stylizer.from_module(Servable(model))
             result = stylizer.run(
-                args.content,
-                args.style,
+                content,
+                styles,
                 chunk=args.chunk,
                 progress=bar,
                 checkpoint=save if args.save_every else None,
