@@ -147,7 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's start-up log lines")
 
     server = parser.add_argument_group("server")
-    server.add_argument("--server", default="localhost:8500", help="gRPC address, host:port (default %(default)s)")
+    server.add_argument(
+        "--server",
+        default="localhost:8500",
+        help="gRPC address host:port, or replicas: host:port,host:port,... (names looked up once, at start) or a "
+        "gRPC target such as dns:///headless-service:8500 (looked up again as connections close); calls go "
+        "round-robin to the replicas that are up (default %(default)s)",
+    )
     server.add_argument(
         "--rest",
         metavar="URL",
@@ -171,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=_count,
         default=DEFAULT_RETRIES,
-        help="retries, with backoff, of calls the server could not take: UNAVAILABLE, RESOURCE_EXHAUSTED "
-        "(default %(default)s)",
+        help="retries, with backoff and on another replica where there is one, of calls lost or refused for want "
+        "of a server: UNAVAILABLE, CANCELLED by the server, RESOURCE_EXHAUSTED when busy (default %(default)s)",
     )
 
     tls = parser.add_argument_group("TLS (gRPC; default: plaintext)")
@@ -180,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--ca-file", metavar="PEM", help="connect with TLS, trusting the CA certificates in this file")
     tls.add_argument("--client-cert", metavar="PEM", help="client certificate, for servers that require one (mTLS)")
     tls.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="connect with TLS, checking that the servers' certificates carry NAME (default: the host in --server; "
+        "a list of different hosts needs it)",
+    )
 
     model = parser.add_argument_group(
         "model options",
@@ -225,8 +237,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if name in args.options:
             parser.error(f"-O {name} is given twice")
         args.options[name] = value
-    if args.rest and (args.tls or args.ca_file or args.client_cert or args.client_key):
-        parser.error("--tls, --ca-file and client certificates are for gRPC; over REST use an https:// URL")
+    if args.rest and (args.tls or args.ca_file or args.client_cert or args.client_key or args.tls_server_name):
+        parser.error(
+            "--tls, --ca-file, --tls-server-name and client certificates are for gRPC; over REST use an https:// URL"
+        )
     if args.rest and args.chunk:
         parser.error("--chunk needs gRPC: over REST a run is one call")
     if args.rest and args.save_every:
@@ -285,6 +299,7 @@ def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
         ca_file=args.ca_file,
         client_cert=args.client_cert,
         client_key=args.client_key,
+        tls_server_name=args.tls_server_name,
     )
 
 

@@ -8,6 +8,7 @@ module does not import grpc: `nst-client --help` and usage errors stay instant.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -50,11 +51,21 @@ class ServerError(ClientError):
         self.code = code
         self.details = details
         self.message = clean_message(details)
+        if code.name == "RESOURCE_EXHAUSTED" and _OUT_OF_MEMORY.search(details):
+            self.message = f"the server ran out of memory for this run ({_oom_line(self.message)}): {OOM_ADVICE}"
         super().__init__(f"{code.name}: {self.message}")
 
     @property
     def exit_code(self) -> int:
         return _EXIT_CODES.get(self.code.name, EXIT_SERVER_ERROR)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether sending the call again may succeed (see RETRYABLE): RESOURCE_EXHAUSTED only when the
+        server was busy, not when the run itself does not fit, which fails the same way every time."""
+        if self.code.name == "RESOURCE_EXHAUSTED":
+            return not (_OUT_OF_MEMORY.search(self.details) or _TOO_LARGE_MESSAGE in self.details)
+        return self.code.name in RETRYABLE
 
 
 def clean_message(details: str) -> str:
@@ -76,22 +87,36 @@ def clean_message(details: str) -> str:
     return line[1:-1] if line.startswith("[") and line.endswith("]") else line  # keeps "[0, 1]"
 
 
-# Codes that say the server could not take the call now: unreachable (restarting, connection lost)
-# or out of capacity (RESOURCE_EXHAUSTED: its threads or queue are full, or, from TensorFlow, memory
-# ran out). Runs are pure functions of their inputs, so sending one again is safe; INVALID_ARGUMENT
-# and DEADLINE_EXCEEDED would only fail again.
-RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})  # grpc.StatusCode names
+# Codes that say a call was lost or refused for want of room, not for what it asks, so that sending it
+# again may succeed; runs are pure functions of their inputs, so that is safe. UNAVAILABLE: no server
+# (restarting, unreachable) or the connection broke mid-call (a replica killed or shut down: "Socket
+# closed", "Cancelling all calls"); CANCELLED: the other end (a server shutting down, a proxy) cancelled
+# the call: the client's own cancel (Ctrl-C) raises KeyboardInterrupt and never becomes a ServerError;
+# RESOURCE_EXHAUSTED: the server is busy ("Server Threadpool Exhausted" from the stock server, "server
+# busy" from nst-devserver, a proxy's limits), unless the run itself does not fit: out of memory, or a
+# message over gRPC's size limit. INVALID_ARGUMENT and DEADLINE_EXCEEDED would only fail again.
+RETRYABLE = frozenset({"UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED"})  # grpc.StatusCode names
+# TensorFlow's "OOM when allocating tensor with shape[...]" (CPU and GPU allocators), XLA's "Out of memory
+# while trying to allocate", the BFC allocator's "ran out of memory": the run needs more than the server has.
+_OUT_OF_MEMORY = re.compile(r"\bOOM\b|out of memory", re.IGNORECASE)
+_TOO_LARGE_MESSAGE = "message larger than max"  # gRPC's size limit: the same message fails again
+OOM_ADVICE = "lower max_dim, or the runs a server takes at once (--grpc_max_threads; nst-devserver --max-concurrent)"
+
+
+def _oom_line(message: str) -> str:
+    """TensorFlow's OOM line down to what it tried to allocate: its device and allocator names add nothing."""
+    return message.split(" and type ")[0] if message.startswith("OOM when allocating") else message
 
 
 def with_retries(call: Callable[[], T], retries: int) -> T:
     """`call()`, retried up to `retries` times with jittered exponential backoff (0.25 s doubling,
-    at most 4 s) while it fails with a RETRYABLE code; any other error is final."""
+    at most 4 s) while it fails with a retryable ServerError; any other error is final."""
     attempt = 0
     while True:
         try:
             return call()
         except ServerError as e:
-            if e.code.name not in RETRYABLE or attempt >= retries:
+            if not e.retryable or attempt >= retries:
                 raise
         time.sleep(min(0.25 * 2**attempt, 4.0) * random.uniform(0.8, 1.2))
         attempt += 1

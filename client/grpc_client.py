@@ -8,11 +8,14 @@ give the same PNG, because the state is the model's whole loop carry.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
 import os
 import pathlib
 import re
+import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -36,22 +39,51 @@ from .errors import ClientError, InputError, ServerError, with_retries
 from .images import ImageLike, encode
 from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
-# The server accepts messages up to 2 GiB; gRPC's Python default receive limit is 4 MiB.
-CHANNEL_OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))
+CHANNEL_OPTIONS = (
+    # The server accepts messages up to 2 GiB; gRPC's Python default receive limit is 4 MiB.
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # Every call goes to the next connected replica: a list, a name that resolves to several addresses
+    # (dns:///headless-service:8500). A replica that goes away leaves the rotation until it reconnects.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    # A call runs for minutes with nothing on the wire: ping while calls are in flight, so that a load
+    # balancer or NAT that drops idle connections sees traffic and a dead replica is noticed (no ack in
+    # 20 s) rather than waited on until the deadline. Servers refuse pings more often than every 5 minutes
+    # while no data flows (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, which
+    # tensorflow_model_server leaves at gRPC's default) and close the connection with GOAWAY
+    # "too_many_pings" after two such; a ping goes out 5 minutes after the last one's ack, so none is early.
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),  # by default gRPC stops after 2 pings in a call that sends nothing
+    # Without calls servers accept a ping once in 2 hours, so none is sent (keepalive_permit_without_calls
+    # stays 0); instead an idle channel closes its connections before a load balancer silently drops them
+    # (Azure's default idle timeout is 4 minutes), and the next call connects afresh.
+    ("grpc.client_idle_timeout_ms", 180_000),
+)
+# gRPC target URIs whose schemes grpcio resolves itself, passed on as they are (a list is "ipv4:a,b").
+TARGET_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 PROBE_TIMEOUT_S = 2.0  # how long the call that asks why a channel cannot connect may take
 
 
 class NSTClient:
-    """Style transfer on a TensorFlow Serving gRPC endpoint that serves the exported model.
+    """Style transfer on TensorFlow Serving gRPC endpoints that serve the exported model.
+
+    `server` is "host:port", a list of replicas "host:port,host:port,..." or a gRPC target URI
+    ("dns:///headless-service:8500"); calls go round-robin to the replicas that are up. Names in
+    a list are looked up once, here; a `dns:` target is looked up again as connections close.
 
     `timeout` is the deadline of each call in seconds (None: no deadline); the server stops
-    the run when it passes. The first call waits up to `connect_timeout` seconds for the
-    server; a call that then fails with UNAVAILABLE or RESOURCE_EXHAUSTED is retried `retries`
-    times with backoff (runs are pure functions of their inputs, so a retry is safe).
+    the run when it passes. The first call waits up to `connect_timeout` seconds for a
+    server; a call that then fails because no replica could take it or its replica went away
+    (UNAVAILABLE, CANCELLED by the server, RESOURCE_EXHAUSTED from a busy server) is retried
+    `retries` times with backoff, reaching another replica where there is one: runs are pure
+    functions of their inputs, so a chunked run goes on from its last finished chunk.
 
     TLS: `tls=True` trusts the system's root certificates, `ca_file` (implies TLS) a PEM file of
     CA certificates instead; `client_cert` and `client_key` (PEM) add a client certificate for
-    servers that require one. Or pass your own `channel`.
+    servers that require one. Certificates must carry the host named in `server`, or
+    `tls_server_name` (implies TLS; a list of different hosts needs it: one channel checks one
+    name). Or pass your own `channel`.
 
     The served signatures are fetched once, at the first run: they type the options sent.
     A client is safe to share between threads.
@@ -70,6 +102,7 @@ class NSTClient:
         ca_file: str | os.PathLike | None = None,
         client_cert: str | os.PathLike | None = None,
         client_key: str | os.PathLike | None = None,
+        tls_server_name: str | None = None,
         channel: grpc.Channel | None = None,
     ):
         self.server = server
@@ -78,11 +111,13 @@ class NSTClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
-        self.tls = tls or any(path is not None for path in (ca_file, client_cert, client_key))
+        self.tls = tls or any(arg is not None for arg in (ca_file, client_cert, client_key, tls_server_name))
         if channel is None:
+            target, options = channel_target(server, tls_server_name, self.tls)
             credentials = _credentials(ca_file, client_cert, client_key) if self.tls else None
-            channel = _channel(server, credentials)
+            channel = _channel(target, credentials, options)
         self._channel = channel
+        self._closed = False
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._ready = threading.Event()
@@ -198,6 +233,7 @@ class NSTClient:
         return response.model_spec.version.value, named
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> NSTClient:
@@ -230,7 +266,8 @@ class NSTClient:
         return self._call(self._predictions.Predict, request)
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: message.Message) -> Any:
-        """`method(request)` with the deadline; RETRYABLE codes are retried, other errors raise ServerError."""
+        """`method(request)` with the deadline; retryable failures are retried (each try goes to the next
+        replica that is up), other errors raise ServerError."""
         self._wait_until_ready()
 
         def invoke() -> Any:
@@ -238,6 +275,10 @@ class NSTClient:
             try:
                 return call.result()
             except grpc.RpcError as e:
+                if self._closed:  # close() from another thread cancelled it: not the server's doing
+                    raise ClientError("the client was closed during the call") from None
+                # A CANCELLED here is the server's or a proxy's (a replica shutting down), never the user's:
+                # this client cancels only on KeyboardInterrupt, which propagates as itself.
                 raise ServerError(e.code(), e.details() or "") from None
             except KeyboardInterrupt:
                 call.cancel()  # the server drops the call; a Session run already started ends on its own
@@ -290,10 +331,74 @@ def _credentials(
     return grpc.ssl_channel_credentials(**pem)
 
 
-def _channel(server: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+def _channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
+) -> grpc.Channel:
     if credentials is None:
-        return grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
-    return grpc.secure_channel(server, credentials, options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(target, options=[*CHANNEL_OPTIONS, *options])
+    return grpc.secure_channel(target, credentials, options=[*CHANNEL_OPTIONS, *options])
+
+
+def server_list(server: str) -> list[tuple[str, int]] | None:
+    """The (host, port) replicas of a list "host:port,host:port,...", IPv6 hosts in brackets; None for one
+    address or a gRPC target URI ("dns:///name:port", "ipv4:a:p,b:p"), which gRPC resolves itself."""
+    if server.split(":", 1)[0] in TARGET_SCHEMES or "," not in server:
+        return None
+    replicas = []
+    for entry in server.split(","):
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]/]+):(\d+)", entry.strip())
+        if not match or not 1 <= int(match[2] or match[4]) <= 65535:
+            raise InputError(f"each server of a list must be host:port or [IPv6]:port, port 1 to 65535; got {entry!r}")
+        replicas.append((match[1] or match[3], int(match[2] or match[4])))
+    return replicas
+
+
+def list_target(replicas: Sequence[tuple[str, int]], resolve: Callable[..., list] = socket.getaddrinfo) -> str:
+    """The gRPC target for a list of replicas: grpcio resolves a list only in an "ipv4:" or "ipv6:" URI of
+    addresses, one family per URI, so names are looked up here (every address of a name is a replica)."""
+    found: dict[socket.AddressFamily, dict[str, None]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+    families_of = []
+    for host, port in replicas:
+        try:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                infos = resolve(host, port, type=socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError) as e:
+                raise ServerError(grpc.StatusCode.UNAVAILABLE, f"cannot look up the server {host!r}: {e}") from None
+            addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        families = set()
+        for address in addresses:
+            family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+            families.add(family)
+            found[family][f"{address}:{port}" if address.version == 4 else f"[{address}]:{port}"] = None
+        families_of.append(families)
+    for family, scheme in ((socket.AF_INET, "ipv4"), (socket.AF_INET6, "ipv6")):
+        if all(family in families for families in families_of):
+            return f"{scheme}:" + ",".join(found[family])
+    raise InputError(
+        "the servers of a list must all have IPv4 or all have IPv6 addresses (gRPC takes one family per list); "
+        "use a DNS name that returns them all, as dns:///name:port"
+    )
+
+
+def channel_target(server: str, tls_server_name: str | None, tls: bool) -> tuple[str, list[tuple[str, Any]]]:
+    """The target a channel dials for `server`, and the options that name it: a list's target is its
+    addresses, so the first replica's host:port is the authority, which TLS checks certificates against."""
+    options: list[tuple[str, Any]] = []
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    replicas = server_list(server)
+    if replicas is None:
+        return server, options
+    if tls and not tls_server_name and len({host for host, _ in replicas}) > 1:
+        raise InputError(
+            "with TLS, a list of different hosts needs --tls-server-name (tls_server_name): the name all "
+            "their certificates carry, since one channel checks one name"
+        )
+    host, port = replicas[0]
+    options.append(("grpc.default_authority", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
+    return list_target(replicas), options
 
 
 def _hint(reason: str, tls: bool) -> str:

@@ -11,7 +11,8 @@ import pathlib
 import re
 import select
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 
 import pytest
 from serving_helpers import SERVED_VERSIONS, quiet_env, script
@@ -39,27 +40,48 @@ def devserver(model_base, tmp_path_factory) -> dict:
 @contextlib.contextmanager
 def running_devserver(model_base: pathlib.Path, log: pathlib.Path, *flags: str) -> Iterator[dict]:
     """nst-devserver with `flags`, stopped on exit: {"address", "banner", "process", "log"}; stderr goes to `log`."""
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [script("nst-devserver"), "--model-dir", str(model_base), "--port", "0", *flags],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=quiet_env(),
-        )
+    with running_devservers(model_base, [log], *flags) as (server,):
+        yield server
+
+
+@contextlib.contextmanager
+def running_devservers(
+    model_base: pathlib.Path, logs: Sequence[pathlib.Path], *flags: str, program: Sequence[str] = ()
+) -> Iterator[list[dict]]:
+    """One nst-devserver per log, all started before any is waited for (their start-ups overlap), stopped on
+    exit; `program` replaces the nst-devserver command (a wrapper that takes the same arguments)."""
+    program = list(program) or [script("nst-devserver")]
+    processes = []
     try:
-        banner = _first_line(process, START_TIMEOUT_S)
-        match = re.search(r" on (\S+):(\d+);", banner)
-        if not match:
-            pytest.fail(f"nst-devserver did not start: {banner!r}\n{log.read_text()[-3000:]}")
-        yield {"address": f"{match[1]}:{match[2]}", "banner": banner, "process": process, "log": log}
+        for log in logs:
+            with log.open("w") as stderr:
+                processes.append(
+                    subprocess.Popen(
+                        [*program, "--model-dir", str(model_base), "--port", "0", *flags],
+                        stdout=subprocess.PIPE,
+                        stderr=stderr,
+                        text=True,
+                        env=quiet_env(),
+                    )
+                )
+        servers = []
+        deadline = time.monotonic() + START_TIMEOUT_S * len(logs)  # they share the machine while they start
+        for process, log in zip(processes, logs, strict=True):
+            banner = _first_line(process, max(deadline - time.monotonic(), 0))
+            match = re.search(r" on (\S+):(\d+);", banner)
+            if not match:
+                pytest.fail(f"nst-devserver did not start: {banner!r}\n{log.read_text()[-3000:]}")
+            servers.append({"address": f"{match[1]}:{match[2]}", "banner": banner, "process": process, "log": log})
+        yield servers
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _first_line(process: subprocess.Popen, timeout_s: float) -> str:

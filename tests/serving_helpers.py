@@ -16,6 +16,34 @@ from nst_model.session import ServingSession
 SERVED_VERSIONS = (1, 3)  # two versions, so that "newest by default" and "the one asked for" differ
 
 
+# `python -c RECORDING_DEVSERVER CALLS_DIR ARGS...` runs nst-devserver ARGS with each Predict call appending
+# "start" as it begins and "end" as it returns its answer (gRPC sends it after) to CALLS_DIR/<pid>: which server
+# is running a call right now, and how many calls each got, without timing anything. TensorFlow loads before
+# nst-devserver can quieten it, so its start-up lines are silenced here.
+RECORDING_DEVSERVER = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from nst_devserver import server, serving
+calls = os.open(os.path.join(sys.argv.pop(1), str(os.getpid())), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+predict = serving.PredictionServicer.Predict
+def recorded(self, request, context):
+    os.write(calls, b"start\\n")
+    try:
+        return predict(self, request, context)
+    finally:
+        os.write(calls, b"end\\n")
+serving.PredictionServicer.Predict = recorded
+sys.exit(server.main(sys.argv[1:]))
+"""
+
+
+def recorded_calls(calls_dir: pathlib.Path, pid: int) -> tuple[int, int]:
+    """(calls started, calls answered) by the RECORDING_DEVSERVER process `pid`."""
+    path = calls_dir / str(pid)
+    lines = path.read_text().split() if path.exists() else []
+    return lines.count("start"), lines.count("end")
+
+
 def wait_for(condition, timeout_s: float = 10.0) -> None:
     """Poll `condition` until it holds; fail after `timeout_s` (for states another thread reaches)."""
     deadline = time.monotonic() + timeout_s

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+import types
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -187,8 +189,8 @@ def test_status_and_signatures_commands(devserver, capsys):
     code, out, _ = run_cli(capsys, "--server", devserver["address"], "--model-version", "1", "signatures")
     assert code == 0
     assert "model 'nst' version 1" in out
-    assert re.search(rf"in  steps +DT_INT32 +\[\] +default: {DEFAULTS['steps']}\n", out)
-    assert re.search(r"in  content +DT_STRING +\[\] +required\n", out)
+    assert re.search(rf"in  steps +DT_INT32 +\? +default: {DEFAULTS['steps']}\n", out)  # any shape: the graph checks it
+    assert re.search(r"in  content +DT_STRING +\? +required\n", out)
     assert "__saved_model_init_op" not in out
 
 
@@ -435,6 +437,10 @@ MAX = 2**63 - 1  # the largest version a ModelSpec holds (int64)
             for v in ("inf", "nan", "-1", "soon")
         ),
         (["--connect-timeout", "0"], "argument --connect-timeout: must be a finite number of seconds > 0; got '0'"),
+        (
+            ["--rest", "http://x", "--tls-server-name", "nst"],
+            "--tls, --ca-file, --tls-server-name and client certificates are for gRPC; over REST use an https:// URL",
+        ),
     ],
 )
 def test_bad_arguments_get_one_line_before_anything_is_sent(capsys, image_files, argv, message):
@@ -497,6 +503,193 @@ def test_quiet_tensorflow_leaves_an_explicit_level_and_verbose_shows_all(monkeyp
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
     cli.quiet_tensorflow(verbose=True)
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+# ---- fleets: server lists, replicas that go away, out of memory, keepalive ------------------------
+
+
+class Replica(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """A replica that names itself in its answers. The fleet's first "hang" call waits until the fleet
+    stops; its first "cancel" call is cancelled by the server, as by one shutting down or by a proxy."""
+
+    def __init__(self, index: int, fleet: types.SimpleNamespace):
+        self.index, self.fleet = index, fleet
+
+    def Predict(self, request, context):
+        name = request.model_spec.signature_name
+        if name == "hang" and not self.fleet.hanging:
+            self.fleet.hanging.append(self.index)
+            self.fleet.stopped.wait(60)
+        if name == "cancel" and not self.fleet.cancelled:
+            self.fleet.cancelled.append(self.index)
+            context.abort(grpc.StatusCode.CANCELLED, "the server is shutting down")
+        return predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(name=str(self.index)))
+
+
+@contextlib.contextmanager
+def replicas(count: int, credentials: grpc.ServerCredentials | None = None) -> Iterator[types.SimpleNamespace]:
+    """`count` Replica servers on loopback (TLS with `credentials`): .servers, .ports, .addresses
+    ("127.0.0.1:p1,..."), .hanging and .cancelled (which replica took the first "hang" and "cancel" call)."""
+    fleet = types.SimpleNamespace(servers=[], ports=[], hanging=[], cancelled=[], stopped=threading.Event())
+    for index in range(count):
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Replica(index, fleet), server)
+        if credentials is None:
+            fleet.ports.append(server.add_insecure_port("127.0.0.1:0"))
+        else:
+            fleet.ports.append(server.add_secure_port("127.0.0.1:0", credentials))
+        server.start()
+        fleet.servers.append(server)
+    fleet.addresses = ",".join(f"127.0.0.1:{port}" for port in fleet.ports)
+    try:
+        yield fleet
+    finally:
+        fleet.stopped.set()
+        for server in fleet.servers:
+            server.stop(grace=None)
+
+
+def answered_by(client: NSTClient, signature: str = "decode") -> int:
+    return int(client._predict(signature, {}).model_spec.name)
+
+
+def reach_all(client: NSTClient, count: int) -> None:
+    """Call until each of `count` replicas has answered: they connect in their own time."""
+    seen: set[int] = set()
+    wait_for(lambda: seen.add(answered_by(client)) or len(seen) == count, timeout_s=30)
+
+
+def test_calls_go_round_robin_and_a_call_whose_replica_goes_away_is_sent_to_another():
+    with (
+        replicas(3) as fleet,
+        NSTClient(fleet.addresses, timeout=60) as client,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        reach_all(client, 3)
+        assert {answered_by(client) for _ in range(3)} == {0, 1, 2}  # each call to the next one
+        hanging = pool.submit(answered_by, client, "hang")
+        wait_for(lambda: fleet.hanging, timeout_s=30)
+        fleet.servers[fleet.hanging[0]].stop(grace=None)  # the replica goes away mid-call: UNAVAILABLE
+        assert hanging.result(timeout=60) != fleet.hanging[0]
+        assert {answered_by(client) for _ in range(4)} == {0, 1, 2} - set(fleet.hanging)
+        assert answered_by(client, "cancel") != fleet.cancelled[0]  # a server's CANCELLED is not a Ctrl-C
+
+
+def test_a_call_cut_by_close_is_not_retried():
+    with (
+        replicas(1) as fleet,
+        NSTClient(fleet.addresses, timeout=60) as client,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        hanging = pool.submit(answered_by, client, "hang")
+        wait_for(lambda: fleet.hanging, timeout_s=30)
+        client.close()
+        with pytest.raises(errors.ClientError, match="the client was closed during the call"):
+            hanging.result(timeout=60)
+
+
+def test_a_list_over_tls_checks_the_name_its_replicas_share(tmp_path):
+    from test_tls import OPENSSL, make_certificate
+
+    if OPENSSL is None:
+        pytest.skip("no openssl command to make test certificates with")
+    cert, key = make_certificate(tmp_path, "server", "localhost")  # names localhost and 127.0.0.1
+    with replicas(2, grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])) as fleet:
+        first, second = fleet.ports
+        for server, name in (
+            (f"127.0.0.1:{first},127.0.0.1:{second}", None),
+            (f"localhost:{first},localhost:{second}", None),
+            (f"127.0.0.1:{first},localhost:{second}", "localhost"),
+        ):
+            with NSTClient(server, ca_file=cert, tls_server_name=name, timeout=60) as client:
+                reach_all(client, 2)
+        with pytest.raises(errors.InputError, match="a list of different hosts needs --tls-server-name"):
+            NSTClient(f"127.0.0.1:{first},localhost:{second}", ca_file=cert)
+
+
+def test_server_lists_become_one_target_of_addresses():
+    from nst_client.grpc_client import channel_target, list_target, server_list
+
+    assert server_list("localhost:8500") is None and server_list("dns:///nst-headless:8500") is None
+    assert server_list("ipv4:10.0.0.1:8500,10.0.0.2:8500") is None  # a gRPC target URI: gRPC resolves it
+    assert server_list("a:8500, b:8501,[::1]:8502") == [("a", 8500), ("b", 8501), ("::1", 8502)]
+    for bad in ("a:8500,", "a:8500,b", "a:1,b:0", "a:1,b:65536", "a:1,[::1:2", "a:1,http://b:2", "a:1,b c:2"):
+        with pytest.raises(errors.InputError, match=r"each server of a list must be host:port or \[IPv6\]:port"):
+            server_list(bad)
+
+    table = {"a": ["10.0.0.1"], "b": ["10.0.0.2", "fd00::2"], "c": ["fd00::3"]}
+
+    def resolve(host: str, port: int, type: int) -> list:
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, type, 6, "", (a, port)) for a in table[host]]
+
+    assert list_target([("a", 1), ("b", 2), ("10.0.0.1", 1)], resolve) == "ipv4:10.0.0.1:1,10.0.0.2:2"
+    assert list_target([("b", 2), ("c", 3)], resolve) == "ipv6:[fd00::2]:2,[fd00::3]:3"
+    with pytest.raises(errors.InputError, match="must all have IPv4 or all have IPv6 addresses"):
+        list_target([("a", 1), ("c", 3)], resolve)
+    with pytest.raises(ServerError, match="cannot look up the server 'nowhere'") as info:
+        list_target([("a", 1), ("nowhere", 2)], resolve)
+    assert info.value.exit_code == errors.EXIT_UNREACHABLE
+
+    assert channel_target("dns:///nst-headless:8500", None, tls=True) == ("dns:///nst-headless:8500", [])
+    target, options = channel_target("127.0.0.1:1,127.0.0.1:2", None, tls=True)  # one host: its name is checked
+    assert (target, options) == ("ipv4:127.0.0.1:1,127.0.0.1:2", [("grpc.default_authority", "127.0.0.1:1")])
+    with pytest.raises(errors.InputError, match="with TLS, a list of different hosts needs --tls-server-name"):
+        channel_target("10.0.0.1:1,10.0.0.2:1", None, tls=True)
+    _, options = channel_target("10.0.0.1:1,10.0.0.2:1", "nst.example.com", tls=True)
+    assert ("grpc.ssl_target_name_override", "nst.example.com") in options
+
+
+def test_a_bad_server_list_is_one_line(capsys):
+    code, _, err = run_cli(capsys, "--server", "127.0.0.1:1,b", "status")
+    assert (code, err) == (
+        errors.EXIT_BAD_INPUT,
+        "nst-client: error: each server of a list must be host:port or [IPv6]:port, port 1 to 65535; got 'b'\n",
+    )
+
+
+def test_out_of_memory_is_final_and_says_what_to_lower(monkeypatch):
+    monkeypatch.setattr(errors.time, "sleep", lambda _: pytest.fail("slept before a retry"))
+    oom = (
+        "OOM when allocating tensor with shape[1,64,2048,2048] and type float on "
+        "/job:localhost/replica:0/task:0/device:CPU:0 by allocator cpu\n\t [[{{node Conv2D_1}}]]\n"
+        "Hint: If you want to see a list of allocated tensors when OOM happens, add report_tensor_allocations_upon_oom "
+        "to RunOptions for current allocation info. This isn't available when running in Eager mode.\n"
+    )
+    calls = []
+
+    def out_of_memory():
+        calls.append(1)
+        raise ServerError(grpc.StatusCode.RESOURCE_EXHAUSTED, oom)
+
+    with pytest.raises(ServerError) as info:
+        errors.with_retries(out_of_memory, retries=3)
+    assert len(calls) == 1 and info.value.exit_code == errors.EXIT_SERVER_ERROR
+    assert str(info.value) == (
+        "RESOURCE_EXHAUSTED: the server ran out of memory for this run (OOM when allocating tensor with "
+        "shape[1,64,2048,2048]): lower max_dim, or the runs a server takes at once (--grpc_max_threads; "
+        "nst-devserver --max-concurrent)"
+    )
+    assert not ServerError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (5 vs. 4)").retryable
+    for busy in (
+        "Server Threadpool Exhausted",  # the stock server's gRPC threads
+        "server busy: 2 running (--max-concurrent) and 8 queued (--max-queue) already; retry later",
+        "Concurrent RPC limit exceeded!",  # grpcio's maximum_concurrent_rpcs
+    ):
+        assert ServerError(grpc.StatusCode.RESOURCE_EXHAUSTED, busy).retryable, busy
+
+
+def test_keepalive_pings_no_sooner_than_servers_accept():
+    """Servers (tensorflow_model_server included) take pings 5 minutes apart at most while calls run, and
+    none without calls (2 hours): sooner, and a second such ping gets the connection closed (GOAWAY)."""
+    from nst_client.grpc_client import CHANNEL_OPTIONS
+
+    options = dict(CHANNEL_OPTIONS)
+    assert options["grpc.keepalive_time_ms"] >= 300_000  # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS
+    assert options.get("grpc.keepalive_permit_without_calls", 0) == 0
+    assert options["grpc.http2.max_pings_without_data"] == 0  # keeps pinging through a call that sends nothing
+    assert options["grpc.client_idle_timeout_ms"] < 240_000  # idle connections closed before load balancers do
 
 
 # ---- REST ----------------------------------------------------------------------------------------
