@@ -2,7 +2,8 @@
 
 It is fed by the chunk loop's progress callback (nst_client.chunked.Progress). The bar starts when
 the first chunk does, so its rate and time left leave out the set-up (reading and decoding the
-images, loading the model); each tick shows the loss of the step just reached.
+images, loading the model: the command lines say when that starts); each tick shows the loss of the
+step just reached.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ class ProgressBar:
         self.disable = disable
         self.file = file or sys.stderr
         self.bar: tqdm.tqdm | None = None
-        if not disable:
-            print("setting up: reading the images and the model ...", file=self.file, flush=True)
 
     def __call__(self, done: int, total: int, loss: float) -> None:
         if self.disable:

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
         # The images first: a missing or unreadable one is reported before a minute of model building.
         content = images.encode(args.content, "content")
         styles = [images.encode(style, "style") for style in args.style]
+        if not args.quiet:
+            print("setting up: loading the model ...", file=terminal, flush=True)
         with ProgressBar(disable=args.quiet, file=terminal) as bar:
             if args.model:
                 stylizer = load(args.model)
