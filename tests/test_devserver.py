@@ -310,8 +310,11 @@ def test_binds_loopback_and_replays_the_warmup_requests(devserver, exported):
 
 def test_start_up_is_quiet(devserver):
     """The session's server started without TF_CPP_MIN_LOG_LEVEL (quiet_env): none of TensorFlow's
-    start-up lines (cuInit, CPU features, absl's MLIR line at the first run) reached its stderr."""
-    assert devserver["log"].read_text() == ""
+    start-up lines (cuInit, CPU features, absl's MLIR line at the first run) reached its stderr.
+    Grappler's "Skipping loop optimization" warning may follow later, when a request brings a set of
+    inputs and outputs the warmup requests did not prepare: that is serving, not start-up."""
+    lines = devserver["log"].read_text().splitlines()
+    assert [line for line in lines if "loop_optimizer.cc" not in line] == []
 
 
 def test_a_failed_start_is_one_line(tmp_path):
