@@ -14,12 +14,13 @@ a run sends back only those of its optimiser.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-
-from .contract import Result
+import PIL.Image
 
 SERVING_DEFAULT, PIXELS, DECODE = "serving_default", "pixels", "decode"
 LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
@@ -32,6 +33,20 @@ Call = Callable[[str, Mapping[str, np.ndarray], Sequence[str]], dict[str, np.nda
 Progress = Callable[[int, int, float], None]
 # (steps done, PNG at that step)
 Checkpoint = Callable[[int, bytes], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A finished run: the PNG the model encoded, its final losses, and the version that ran it
+    (None where the API does not say, as over REST)."""
+
+    png: bytes
+    losses: dict[str, float]
+    model_version: int | None
+
+    @property
+    def image(self) -> PIL.Image.Image:
+        return PIL.Image.open(io.BytesIO(self.png))
 
 
 class Interrupted(KeyboardInterrupt):

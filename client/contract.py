@@ -1,7 +1,7 @@
 """What the client relies on in the served model, and how option values become its inputs.
 
-The client names the signatures and the inputs it drives (images, steps) and nothing else.
-The optimiser state is whatever `pixels` returns that it also takes; every option is an input
+The client names the signatures and the inputs it drives (images, steps) and nothing else (the
+names live with the chunk loop, nst_client.chunked, and are re-exported here); every option is an input
 of the served `serving_default` signature,
 typed from that signature's dtype and rank (the server converts nothing: an int64 `steps`
 fails). New model options therefore need no client change, and an option left out (None) is
@@ -10,50 +10,28 @@ not sent, so the model's own default applies.
 
 from __future__ import annotations
 
-import dataclasses
-import io
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import PIL.Image
 
+from .chunked import DECODE as DECODE  # the names of the contract, re-exported from the chunk loop
+from .chunked import DECODE_OPTIONS as DECODE_OPTIONS
+from .chunked import LOSSES as LOSSES
+from .chunked import PIXELS as PIXELS
+from .chunked import SERVING_DEFAULT as SERVING_DEFAULT
+from .chunked import Result as Result
 from .errors import InputError
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 
-SERVING_DEFAULT = "serving_default"
-PIXELS = "pixels"  # float pixels and resumable optimiser state, for chunked runs
-DECODE = "decode"  # encoded image -> the exact pixels serving_default would optimise
 
 IMAGES = ("content", "style")
-LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
-DECODE_OPTIONS = ("max_dim",)  # options `decode` takes instead of `pixels`
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 _KINDS = {"O": "a string", "b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}  # by numpy kind
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """A finished run: the PNG the model encoded, its final losses, and the version that ran it
-    (None where the API does not say, as over REST)."""
-
-    png: bytes
-    losses: dict[str, float]
-    model_version: int | None
-
-    @property
-    def image(self) -> PIL.Image.Image:
-        return PIL.Image.open(io.BytesIO(self.png))
-
-
-def state_names(pixels: meta_graph_pb2.SignatureDef) -> list[str]:
-    """The resumable state of a run: the outputs of `pixels` that it also takes as inputs
-    (the image and the optimiser's moments or history), fed back call after call."""
-    return sorted(set(pixels.outputs) & set(pixels.inputs))
 
 
 def option_names(signature: meta_graph_pb2.SignatureDef) -> list[str]:

@@ -31,13 +31,6 @@ from nst_model.model import (
 from nst_model.options import BY_NAME, DEFAULTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PIXELS_OPTIONS
 
 SIGNATURES = ("serving_default", "pixels", "decode")
-LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
-# The resumable state of `pixels`, per optimiser: what a chunked run hands from one call to the next.
-TARGETS = ("style_targets", "content_target")
-STATE = {
-    "adam": ("image", "adam_m", "adam_v", "adam_step"),
-    "lbfgs": ("image", "lbfgs_s", "lbfgs_y", "lbfgs_grad", "lbfgs_losses"),
-}
 
 
 def _spec(dtype: tf.DType | str) -> tf.TensorSpec:
