@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 
 
 IMAGES = ("content", "style")
+LIMITS = "limits"  # the signature, without inputs, that reports the limits an export enforces
+
+
+def limits_line(limits: Mapping[str, int] | None) -> str:
+    """The limits in force, in one line, as nst-client signatures and nst-export print them."""
+    if limits is None:
+        return "limits: not reported (an export from before the `limits` signature; its limits are the defaults)"
+    return (
+        f"limits: longest side {limits['min_side']} to {limits['max_side']} px, at most {limits['max_steps']} steps "
+        f"per call, {limits['max_styles']} styles, {limits['max_input_pixels']} input pixels"
+    )
+
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 _KINDS = {"O": "a string", "b": "true or false", "i": "an integer", "u": "an integer", "f": "a number"}  # by numpy kind

@@ -195,6 +195,13 @@ class NSTClient:
             raise ClientError(f"model {self.model_name!r} declares no default steps; pass steps explicitly")
         return int(tensors.to_array(signature.defaults["steps"]))
 
+    def limits(self) -> dict[str, int] | None:
+        """The limits the served version enforces (its `limits` signature); None for an export
+        made before it had one."""
+        if contract.LIMITS not in self._served_signatures():
+            return None
+        return {k: int(v) for k, v in self.predict(contract.LIMITS, {}).items()}
+
     def _served_signatures(self) -> dict[str, meta_graph_pb2.SignatureDef]:
         """The served signatures, fetched once per client: they type every option sent."""
         if self._signature_cache is None:

@@ -8,7 +8,7 @@ import time
 
 from nst_client.cli import quiet_tensorflow
 from nst_client.quiet import hidden_stderr
-from nst_model.options import PRECISIONS
+from nst_model.options import MAX_SIDE, MAX_STEPS, MIN_SIDE, PRECISIONS, Limits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +24,26 @@ def main(argv: list[str] | None = None) -> int:
         default="float32",
         help="VGG arithmetic: bfloat16 is several times faster where the CPU has AMX/AVX512-BF16 or on GPUs",
     )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help="the longest side a request may ask for, in px: bounds a call's memory, see docs/deploy.md "
+        f"({MIN_SIDE} to {MAX_SIDE}; default {MAX_SIDE})",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=MAX_STEPS,
+        help=f"the most steps one call may run: bounds a call's duration (1 to {MAX_STEPS}; default {MAX_STEPS})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 1:
         parser.error("--version must be a positive integer")
+    limits = Limits(max_side=args.max_side, max_steps=args.max_steps)
+    if problem := limits.problem():
+        parser.error(problem)
     quiet_tensorflow(args.verbose)
     started = time.perf_counter()
     problem = None
@@ -36,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from nst_model.vgg import WeightsError
 
         try:
-            path = export(args.model_dir, args.version, args.weights, args.precision)
+            path = export(args.model_dir, args.version, args.weights, args.precision, limits)
             description = describe(path)
         except (WeightsError, FileExistsError) as e:
             problem = e

@@ -17,8 +17,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from nst_client.contract import LIMITS, limits_line
 from nst_model.model import StyleTransfer
-from nst_model.options import DEFAULTS, MAX_INPUT_PIXELS, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from nst_model.options import DEFAULTS, MIN_SIDE, Limits
 from nst_model.runner import Stylizer
 from nst_model.session import ServingSession
 from nst_model.signatures import SIGNATURES, Servable
@@ -112,9 +113,10 @@ def describe(path: pathlib.Path) -> str:
                         given = signature.defaults.get(key)
                         default = _shown(tf.make_ndarray(given)) if given is not None else "required"
                     lines.append(f"  {direction} {key:<15} {dtype:<8} {default}".rstrip())
+        limits = {k: int(v) for k, v in session.run(LIMITS, {}, []).items()}
     finally:
         session.close()
-    return "\n".join(lines)
+    return "\n".join([*lines, limits_line(limits)])
 
 
 def _shown(value: np.ndarray) -> str:
@@ -137,8 +139,13 @@ def export(
     version: int | None = None,
     weights: str | os.PathLike | None = None,
     precision: str = "float32",
+    limits: Limits | None = None,
 ) -> pathlib.Path:
-    """Write, check and publish a new version; returns its folder. Never leaves a partial version."""
+    """Write, check and publish a new version; returns its folder. Never leaves a partial version.
+    `limits` (default: the model's own) are enforced by the graph and reported by `limits`."""
+    limits = limits or Limits()
+    if problem := limits.problem():
+        raise ValueError(problem)
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else version
@@ -146,7 +153,7 @@ def export(
     if target.exists():
         raise FileExistsError(f"{target} already exists; pick another --version or leave it out")
     arrays, weights_path, weights_sha = load_weights(weights)
-    module = Servable(StyleTransfer(arrays, precision))
+    module = Servable(StyleTransfer(arrays, precision), limits)
     # A sibling folder whose name is not a number: the server's poller ignores it until the rename.
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}-staging-", dir=model_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
@@ -158,13 +165,8 @@ def export(
             "weights_file": weights_path.name,
             "weights_sha256": weights_sha,
             "precision": precision,
-            "defaults": DEFAULTS,
-            "limits": {
-                "max_steps": MAX_STEPS,
-                "min_side": MIN_SIDE,
-                "max_side": MAX_SIDE,
-                "max_input_pixels": MAX_INPUT_PIXELS,
-            },
+            "defaults": limits.defaults(),
+            "limits": limits.as_dict(),
             "signatures": list(SIGNATURES),
             "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }

@@ -42,9 +42,10 @@ def scalar(x: tf.Tensor, name: str) -> tf.Tensor:
     return tf.reshape(require(x, tf.equal(tf.size(shape), 0), f"{name} must be a scalar; got shape", shape), [-1])[0]
 
 
-def int_in_range(x: tf.Tensor, name: str, low: int, high: int) -> tf.Tensor:
+def int_in_range(x: tf.Tensor, name: str, low: int, high: int, note: str = "") -> tf.Tensor:
+    """A scalar int within [low, high]; `note` follows the bounds in the message (who set them)."""
     x = scalar(x, name)
-    return require(x, (x >= low) & (x <= high), f"{name} must be between {low} and {high}; got", x)
+    return require(x, (x >= low) & (x <= high), f"{name} must be between {low} and {high}{note}; got", x)
 
 
 def non_negative(x: tf.Tensor, name: str, positive: bool = False) -> tf.Tensor:
@@ -76,15 +77,21 @@ def pixels(x: tf.Tensor, name: str) -> tf.Tensor:
     return tf.reshape(x, [1, shape[1], shape[2], 3])  # static rank without an EnsureShape (see `scalar`)
 
 
-def working_size(image: tf.Tensor, name: str) -> tf.Tensor:
-    """`image` [1, H, W, 3] if its sides fit the optimisation: MIN_SIDE to MAX_SIDE px."""
+def working_size(image: tf.Tensor, name: str, max_side: int) -> tf.Tensor:
+    """`image` [1, H, W, 3] if its sides fit the optimisation: MIN_SIDE to `max_side` px."""
     sides = tf.shape(image)[1:3]
     return require(
         image,
-        tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= MAX_SIDE),
-        f"{name} sides must be between {MIN_SIDE} and {MAX_SIDE} px after resizing; got height, width",
+        tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= max_side),
+        f"{name} sides must be between {MIN_SIDE} and {max_side}{limit_note(max_side)} px after resizing; "
+        "got height, width",
         sides,
     )
+
+
+def limit_note(max_side: int) -> str:
+    """Said after a side limit that an operator lowered, so that the caller knows whom to ask."""
+    return " (lowered at export: nst-export --max-side)" if max_side < MAX_SIDE else ""
 
 
 def within(x: tf.Tensor, name: str, low: float | None = None, high: float | None = None) -> tf.Tensor:
@@ -260,27 +267,33 @@ def style_batch(x: tf.Tensor, sizes: tf.Tensor, name: str) -> tuple[tf.Tensor, t
     return tf.reshape(x, [shape[0], shape[1], shape[2], 3]), sizes
 
 
-def scaled_style(style: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
+def scaled_style(style: tf.Tensor, longest: tf.Tensor, max_side: int) -> tf.Tensor:
     """`style` resized to a longest side of `longest`, refused before resizing (which would
-    allocate it) if a side would leave MIN_SIDE..MAX_SIDE."""
+    allocate it) if a side would leave MIN_SIDE..max_side."""
     sides = longest_side_size(style, longest)
     style = require(
         style,
-        tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= MAX_SIDE),
-        f"style sides must be between {MIN_SIDE} and {MAX_SIDE} px after scaling by style_scale; got height, width",
+        tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= max_side),
+        f"style sides must be between {MIN_SIDE} and {max_side}{limit_note(max_side)} px after scaling by "
+        "style_scale; got height, width",
         sides,
     )
     return resize_longest_side(style, longest)
 
 
-def optional_vector(x: tf.Tensor, length: int, name: str, low: float | None = None) -> tf.Tensor:
-    """An optional vector input: empty, or `length` values >= `low`, finite."""
+def optional_vector(x: tf.Tensor, length: int | tf.Tensor, name: str, low: float | None = None) -> tf.Tensor:
+    """An optional vector input: empty, or `length` values >= `low`, finite. A tensor `length`
+    depends on the request (the style targets' on its style_loss)."""
     shape = runtime_shape(x)
     given = runtime_size(x) > 0
+    if tf.is_tensor(length):
+        message = [f"{name} must be empty or a vector of", length, "values (for this style_loss); got shape"]
+    else:
+        message = [f"{name} must be empty or a vector of {length} values; got shape"]
     x = require(
         x,
         tf.logical_not(given) | (tf.equal(tf.size(shape), 1) & tf.equal(runtime_size(x), length)),
-        f"{name} must be empty or a vector of {length} values; got shape",
+        *message,
         shape,
     )
     return tf.reshape(within(x, name, low), [-1])

@@ -1,7 +1,8 @@
 """Gatys et al. style transfer, tensors in and tensors out: targets, objective, optimisation.
 
-Read top to bottom: a request's options become `Controls`; the styles give Gram-matrix targets and
-the content gives feature targets; the objective weighs style, content and total variation; an
+Read top to bottom: a request's options become `Controls`; the styles give the style loss's targets
+(Gram matrices by default) and the content gives feature targets; the objective weighs style,
+content and total variation; an
 optimiser (projected L-BFGS by default, the reference's Adam on request) takes steps from a
 `State` that holds everything one request carries. Nothing lives in variables but VGG's weights,
 so concurrent requests on one server Session share nothing. `signatures.py` exposes this to the
@@ -19,19 +20,33 @@ import tensorflow as tf
 from nst_model import colors, inputs, lbfgs, losses
 from nst_model.adam import adam_step
 from nst_model.options import (
+    COLORS,
     CONTENT_LAYERS,
     INITS,
     NOISE_SCALE,
+    NORMALIZED_SCALES,
     OPTIMIZERS,
     POOLINGS,
+    SLICED_QUANTILES,
+    STYLE_BALANCES,
     STYLE_LAYERS,
+    STYLE_LOSS_SCALES,
+    STYLE_LOSSES,
     STYLE_SCALE_RANGE,
 )
 from nst_model.vgg import BGR_MEANS, CHANNELS, VGG19, pools_before
 
 StyleAt = Callable[[tf.Tensor], tf.Tensor]  # style index -> that style's pixels [1, H, W, 3]
-GRAM_SIZES = tuple(CHANNELS[layer.split("_")[0]] for layer in STYLE_LAYERS)  # each Gram matrix is C x C
-STYLE_TARGETS_LENGTH = sum(c * c for c in GRAM_SIZES)  # the Gram targets, packed in one vector
+LAYER_CHANNELS = tuple(CHANNELS[layer.split("_")[0]] for layer in STYLE_LAYERS)
+# What each style loss keeps of the styles, per style layer, packed in one vector for the state:
+# gram the Gram matrices; w2 the mean and the square root of the covariance; sliced the quantiles
+# of the sorted projections.
+TARGET_SHAPES = {
+    "gram": [(1, c, c) for c in LAYER_CHANNELS],
+    "w2": [shape for c in LAYER_CHANNELS for shape in ((1, c), (1, c, c))],
+    "sliced": [(c, SLICED_QUANTILES) for c in LAYER_CHANNELS],
+}
+TARGET_LENGTHS = {loss: sum(int(np.prod(s)) for s in shapes) for loss, shapes in TARGET_SHAPES.items()}
 
 
 class Losses(typing.NamedTuple):
@@ -42,20 +57,22 @@ class Losses(typing.NamedTuple):
 
 
 class Targets(typing.NamedTuple):
-    style_grams: list[tf.Tensor]  # the blend of the styles' Gram matrices [1, C, C], per style layer
+    style: tf.Tensor  # the blend of the styles' statistics, packed as TARGET_SHAPES[style loss]
     content_features: tf.Tensor  # the content's features at the chosen content layer [1, h, w, C]
 
 
 class Controls(typing.NamedTuple):
     """One request's validated options, as the algorithm uses them."""
 
-    weights: dict[str, tf.Tensor]  # style_weight, content_weight, tv_weight, learning_rate
+    weights: dict[str, tf.Tensor]  # style_weight (scaled for the style loss), content_weight, tv_weight, learning_rate
     style_scale: tf.Tensor
     style_weights: tf.Tensor  # as given: checked against the styles only where targets are computed
     layer_weights: tf.Tensor  # [len(STYLE_LAYERS)], sums to 1
     content_layer: tf.Tensor  # index into CONTENT_LAYERS
     avg_pool: tf.Tensor
-    preserve_colors: tf.Tensor
+    style_loss: tf.Tensor  # index into STYLE_LOSSES
+    normalized: tf.Tensor  # style_balance is "normalized"
+    colors: tf.Tensor  # index into COLORS; preserve_colors is "swap"
     init: tf.Tensor  # index into INITS
     seed: tf.Tensor
     optimizer: tf.Tensor  # index into OPTIMIZERS
@@ -80,9 +97,22 @@ class State(typing.NamedTuple):
 
 def validate(options: dict[str, tf.Tensor]) -> Controls:
     """The checked form of every option but steps and max_dim; bad values fail the run."""
+    style_loss = inputs.choice(options["style_loss"], "style_loss", STYLE_LOSSES)
+    balance = inputs.choice(options["style_balance"], "style_balance", STYLE_BALANCES)
+    normalized = tf.equal(balance, STYLE_BALANCES.index("normalized"))
+    scales = [[STYLE_LOSS_SCALES[n] for n in STYLE_LOSSES], [NORMALIZED_SCALES[n] for n in STYLE_LOSSES]]
+    scale = tf.gather_nd(scales, tf.stack([balance, style_loss]))
+    colors = inputs.choice(options["colors"], "colors", COLORS)
+    preserve = inputs.scalar(options["preserve_colors"], "preserve_colors")
+    colors = inputs.require(
+        colors,
+        tf.logical_not(preserve) | (colors <= COLORS.index("swap")),
+        "preserve_colors is colors=swap: give one colour method, not both",
+    )
     return Controls(
         weights={
-            "style_weight": inputs.non_negative(options["style_weight"], "style_weight"),
+            # The reference's rounding for gram: its scale is 1, and x * 1.0 is x.
+            "style_weight": inputs.non_negative(options["style_weight"], "style_weight") * scale,
             "content_weight": inputs.non_negative(options["content_weight"], "content_weight"),
             "tv_weight": inputs.non_negative(options["tv_weight"], "tv_weight"),
             "learning_rate": inputs.non_negative(options["learning_rate"], "learning_rate", positive=True),
@@ -94,7 +124,9 @@ def validate(options: dict[str, tf.Tensor]) -> Controls:
         ),
         content_layer=inputs.choice(options["content_layer"], "content_layer", CONTENT_LAYERS),
         avg_pool=tf.equal(inputs.choice(options["pooling"], "pooling", POOLINGS), POOLINGS.index("avg")),
-        preserve_colors=inputs.scalar(options["preserve_colors"], "preserve_colors"),
+        style_loss=style_loss,
+        normalized=normalized,
+        colors=tf.where(preserve, COLORS.index("swap"), colors),
         init=inputs.choice(options["init"], "init", INITS),
         seed=inputs.scalar(options["seed"], "seed"),
         optimizer=inputs.choice(options["optimizer"], "optimizer", OPTIMIZERS),
@@ -109,18 +141,24 @@ def content_features_shape(content: tf.Tensor, layer: tf.Tensor) -> tf.Tensor:
     return tf.concat([[1], sides, [channels]], 0)
 
 
-def pack_grams(grams: list[tf.Tensor]) -> tf.Tensor:
-    """The Gram targets as one vector, for the resumable state."""
-    return tf.concat([tf.reshape(g, [-1]) for g in grams], 0)
+def pack(parts: list[tf.Tensor]) -> tf.Tensor:
+    """Style targets as one vector, for the resumable state."""
+    return tf.concat([tf.reshape(p, [-1]) for p in parts], 0)
 
 
-def unpack_grams(vector: tf.Tensor) -> list[tf.Tensor]:
-    """The Gram targets from `pack_grams`'s vector. Called in a tf.cond branch that runs only when
-    the vector is given: it is padded, not reshaped, to its length, because Grappler infers the
-    shape of a tensor from a reshape in any branch, and would take an empty vector for a full one."""
-    vector = tf.concat([vector, tf.zeros([STYLE_TARGETS_LENGTH])], 0)[:STYLE_TARGETS_LENGTH]
-    parts = tf.split(vector, [c * c for c in GRAM_SIZES])
-    return [tf.reshape(p, [1, c, c]) for p, c in zip(parts, GRAM_SIZES, strict=True)]
+def unpack(vector: tf.Tensor, loss: str) -> list[tf.Tensor]:
+    """The style targets of `loss` from `pack`'s vector. It is padded, not reshaped, to its length:
+    it is called in branches that do not run for other losses (or for an empty vector), and
+    Grappler infers the shape of a tensor from a reshape in any branch."""
+    length, shapes = TARGET_LENGTHS[loss], TARGET_SHAPES[loss]
+    vector = tf.concat([vector, tf.zeros([length])], 0)[:length]
+    parts = tf.split(vector, [int(np.prod(s)) for s in shapes])
+    return [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
+
+
+def target_length(style_loss: tf.Tensor) -> tf.Tensor:
+    """The length of the packed style targets of STYLE_LOSSES[style_loss]."""
+    return tf.gather([TARGET_LENGTHS[name] for name in STYLE_LOSSES], style_loss)
 
 
 def noise_image(content: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -134,14 +172,21 @@ def noise_image(content: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def initial_state(content: tf.Tensor, first_style: Callable[[], tf.Tensor], controls: Controls) -> State:
-    """Where a run starts: the content, noise, or the first style at the content's size; no history."""
+    """Where a run starts: the content, noise, or the first style at the content's size (each as the
+    colour mode prepares it); no history."""
     image = tf.switch_case(
         controls.init,
         {
-            INITS.index("content"): lambda: content,
+            INITS.index("content"): lambda: colors.for_vgg(content, controls.colors),
             INITS.index("noise"): lambda: noise_image(content, controls.seed),
             INITS.index("style"): lambda: tf.clip_by_value(
-                tf.image.resize(first_style(), tf.shape(content)[1:3], antialias=True), 0.0, 1.0
+                tf.image.resize(
+                    colors.prepare_style(first_style(), content, controls.colors),
+                    tf.shape(content)[1:3],
+                    antialias=True,
+                ),
+                0.0,
+                1.0,
             ),
         },
     )
@@ -157,11 +202,15 @@ class StyleTransfer(tf.Module):
         super().__init__(name="style_transfer")
         self.vgg = VGG19(weights, precision)
 
-    def targets(self, content: tf.Tensor, style_at: StyleAt, num_styles: tf.Tensor, controls: Controls) -> Targets:
-        """The blend of the styles' Gram matrices, and the content's features at the chosen layer.
+    def targets(
+        self, content: tf.Tensor, style_at: StyleAt, num_styles: tf.Tensor, controls: Controls, max_side: int
+    ) -> Targets:
+        """The blend of the styles' statistics for the style loss, and the content's features at the
+        chosen layer.
 
         Each style is first resized to style_scale times the content's longest side, so the scale
-        of its brush strokes relative to the content is the user's choice, not the files'.
+        of its brush strokes relative to the content is the user's choice, not the files'; a scaled
+        side beyond `max_side` is refused. The colour mode may recolour the styles first.
         """
         blend = tf.cond(
             inputs.runtime_size(controls.style_weights) > 0,
@@ -171,21 +220,68 @@ class StyleTransfer(tf.Module):
         longest = tf.reduce_max(tf.shape(content)[1:3])
         longest = tf.cast(tf.round(controls.style_scale * tf.cast(longest, tf.float32)), tf.int32)
 
-        def add_style(i, grams):
-            features = self.vgg(inputs.scaled_style(style_at(i), longest), STYLE_LAYERS, controls.avg_pool)
-            return i + 1, [g + blend[i] * losses.gram(features[n]) for g, n in zip(grams, STYLE_LAYERS, strict=True)]
+        def blended(statistics: Callable[[int, tf.Tensor], list[tf.Tensor]], shapes: list[tuple]) -> list[tf.Tensor]:
+            """The blend over styles of `statistics(layer index, features)`, per style layer."""
 
-        zeros = [tf.zeros([1, c, c]) for c in GRAM_SIZES]
-        _, grams = tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), zeros))
-        features = self.vgg(content, CONTENT_LAYERS, controls.avg_pool)
+            def add_style(i, sums):
+                style = colors.prepare_style(style_at(i), content, controls.colors)
+                features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
+                parts = [p for k, n in enumerate(STYLE_LAYERS) for p in statistics(k, features[n])]
+                return i + 1, [total + blend[i] * part for total, part in zip(sums, parts, strict=True)]
+
+            zeros = [tf.zeros(shape) for shape in shapes]
+            return tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), zeros))[1]
+
+        def gram() -> tf.Tensor:
+            return pack(blended(lambda _, f: [losses.gram(f)], TARGET_SHAPES["gram"]))
+
+        def w2() -> tf.Tensor:
+            moments = blended(lambda _, f: losses.mean_and_gram(f), TARGET_SHAPES["w2"])
+            return pack([p for k in range(len(STYLE_LAYERS)) for p in losses.w2_target(*moments[2 * k : 2 * k + 2])])
+
+        def sliced() -> tf.Tensor:
+            def quantiles(k: int, features: tf.Tensor) -> list[tf.Tensor]:
+                return losses.sliced_target(features, losses.directions(LAYER_CHANNELS[k], controls.seed, k))
+
+            return pack(blended(quantiles, TARGET_SHAPES["sliced"]))
+
+        style = tf.switch_case(controls.style_loss, [gram, w2, sliced])
+        features = self.vgg(colors.for_vgg(content, controls.colors), CONTENT_LAYERS, controls.avg_pool)
         chosen = tf.switch_case(controls.content_layer, [lambda f=features[n]: f for n in CONTENT_LAYERS])
-        return Targets(grams, chosen)
+        return Targets(style, chosen)
 
     def objective(self, image: tf.Tensor, targets: Targets, controls: Controls) -> Losses:
         weights = controls.weights
-        features = self.vgg(image, (*STYLE_LAYERS, *CONTENT_LAYERS), controls.avg_pool)
-        grams = [losses.gram(features[n]) for n in STYLE_LAYERS]
-        style = losses.style_loss(grams, targets.style_grams, weights["style_weight"], controls.layer_weights)
+        seen = colors.for_vgg(image, controls.colors)
+        features = self.vgg(seen, (*STYLE_LAYERS, *CONTENT_LAYERS), controls.avg_pool)
+        styled = [features[n] for n in STYLE_LAYERS]
+
+        def weighed(terms: list[tf.Tensor], sizes: list[tf.Tensor]) -> tf.Tensor:
+            """The layers' terms summed; with style_balance=normalized each relative to its target's
+            size (in reference balance the factor is 1, and x * 1.0 is x: the reference's rounding)."""
+            factors = [tf.where(controls.normalized, 1.0 / tf.maximum(size, 1e-30), 1.0) for size in sizes]
+            terms = [t * f for t, f in zip(terms, factors, strict=True)]
+            return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
+
+        def gram() -> tf.Tensor:
+            grams, parts = [losses.gram(f) for f in styled], unpack(targets.style, "gram")
+            terms = [losses.gram_term(g, t) for g, t in zip(grams, parts, strict=True)]
+            return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
+
+        def w2() -> tf.Tensor:
+            parts = unpack(targets.style, "w2")
+            terms = [losses.w2_term(f, parts[2 * k], parts[2 * k + 1]) for k, f in enumerate(styled)]
+            return weighed(terms, [losses.w2_size(parts[2 * k], parts[2 * k + 1]) for k in range(len(styled))])
+
+        def sliced() -> tf.Tensor:
+            parts = unpack(targets.style, "sliced")
+            terms = [
+                losses.sliced_term(f, losses.directions(LAYER_CHANNELS[k], controls.seed, k), parts[k])
+                for k, f in enumerate(styled)
+            ]
+            return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
+
+        style = tf.switch_case(controls.style_loss, [gram, w2, sliced])
         content = tf.switch_case(
             controls.content_layer,
             [
@@ -247,7 +343,7 @@ class StyleTransfer(tf.Module):
         """`steps` steps from `state`: the PNG to show, its losses, and the state to resume from.
 
         The state image stays the raw optimised one so that a chunked run resumes exactly; only
-        the PNG gets the content's colours back when preserve_colors is set. A run whose objective
+        the PNG gets the content's colours back (colors swap or luminance, or preserve_colors). A run whose objective
         overflowed (weights too large for float32) is refused rather than returned as a black image.
         """
         state, terms = self.optimise(targets, steps, controls, state)
@@ -259,6 +355,6 @@ class StyleTransfer(tf.Module):
             "the objective overflowed float32 (a loss or gradient is not finite): lower style_weight, "
             "content_weight or tv_weight (or learning_rate with adam)",
         )
-        shown = tf.cond(controls.preserve_colors, lambda: colors.keep_colors(image, content), lambda: image)
+        shown = colors.shown(image, content, controls.colors)
         png = tf.io.encode_png(tf.image.convert_image_dtype(shown[0], tf.uint8, saturate=True))
         return png, terms, state._replace(image=image)

@@ -22,6 +22,21 @@ PRECISIONS = ("float32", "bfloat16")  # of the VGG arithmetic, chosen at export 
 INITS = ("content", "noise", "style")
 OPTIMIZERS = ("adam", "lbfgs")
 POOLINGS = ("max", "avg")
+STYLE_LOSSES = ("gram", "w2", "sliced")  # see nst_model/losses.py
+# What `style_weight` is multiplied by for each style loss, so that the default weight gives each
+# loss about the strength the reference's weight gives the Gram loss (docs/controls.md: how measured).
+STYLE_LOSS_SCALES = {"gram": 1.0, "w2": 1.8e5, "sliced": 4.8e5}
+# reference: the losses as they are, so a style shows as strongly as its features are large;
+# normalized: each layer's term divided by the size of that style's own target at that layer.
+STYLE_BALANCES = ("reference", "normalized")
+NORMALIZED_SCALES = {"gram": 1.0, "w2": 1.0, "sliced": 1.0}  # the same, for style_balance=normalized
+W2_ITERATIONS = 12  # Newton-Schulz iterations per matrix square root (crowsonkb's count)
+W2_EPSILON = 1e-4  # added to the covariances' diagonals (crowsonkb's): keeps them invertible
+SLICED_QUANTILES = 1024  # points of each style's quantile function per direction, carried in the state
+# style: the style's colours; swap: the result's luminance with the content's colours (= preserve_colors);
+# histogram: the style recoloured to the content's colour mean and covariance before the run;
+# luminance: the run sees luminance only and the content's colours are put back at the end.
+COLORS = ("style", "swap", "histogram", "luminance")
 # Noise init, as jcjohnson's and anishathalye's: Gaussian noise around VGG's mean colour (the zero
 # of its input space), its standard deviation a tenth of the content's (anishathalye's scale).
 NOISE_SCALE = 0.1
@@ -35,6 +50,43 @@ MAX_BLOCKS_WALKED = 4096  # GIF blocks, JPEG marker segments read before decodin
 MAX_JPEG_SCAN_PIXELS = 1_000_000_000  # scans x pixels: libjpeg reads the image once per scan; 20 scans at 50 MP
 MAX_STYLES = 8  # style images per request; each costs one VGG pass per call
 STYLE_SCALE_RANGE = (0.1, 8.0)  # and the scaled style's sides must stay within MIN_SIDE..MAX_SIDE
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The limits an export bakes into its graph. An operator lowers them (nst-export --max-side,
+    --max-steps) to bound the memory and the duration of the worst request a replica admits: the
+    stock server runs every call it has a thread for, and a 2048 px call needs about 10 GiB."""
+
+    max_side: int = MAX_SIDE
+    max_steps: int = MAX_STEPS
+
+    def problem(self) -> str | None:
+        """Why these limits cannot be exported, in one line; None if they can."""
+        if not MIN_SIDE <= self.max_side <= MAX_SIDE:
+            return f"--max-side must be between {MIN_SIDE} and {MAX_SIDE}; got {self.max_side}"
+        if not 1 <= self.max_steps <= MAX_STEPS:
+            return f"--max-steps must be between 1 and {MAX_STEPS}; got {self.max_steps}"
+        return None
+
+    def defaults(self) -> dict[str, int | float | bool | str | tuple[float, ...]]:
+        """DEFAULTS, with steps and max_dim lowered to these limits where they exceed them, so that
+        a request that leaves them out is one the export admits."""
+        return {
+            **DEFAULTS,
+            "steps": min(DEFAULTS["steps"], self.max_steps),
+            "max_dim": min(DEFAULTS["max_dim"], self.max_side),
+        }
+
+    def as_dict(self) -> dict[str, int]:
+        """Every limit in force, as export_info.json and the `limits` signature report them."""
+        return {
+            "max_steps": self.max_steps,
+            "min_side": MIN_SIDE,
+            "max_side": self.max_side,
+            "max_input_pixels": MAX_INPUT_PIXELS,
+            "max_styles": MAX_STYLES,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +175,33 @@ OPTIONS: tuple[Option, ...] = (
         "blend weights of the style images, one each, normalised to sum 1; none: equal weights",
         length=None,
     ),
-    Option("preserve_colors", "bool", False, "keep the content's colours: only the luminance is stylised"),
+    Option(
+        "style_loss",
+        "string",
+        "gram",
+        "how the style is compared: gram (Gram matrices, the reference's), w2 (Wasserstein-2 between the features' "
+        "Gaussians), sliced (sliced Wasserstein: sorted random projections, directions from seed)",
+        choices=STYLE_LOSSES,
+    ),
+    Option(
+        "style_balance",
+        "string",
+        "reference",
+        "reference: the losses' own scale, under which a style with larger features shows more strongly; "
+        "normalized: each style layer's term relative to the style's own target there, so that one style_weight "
+        "gives about the same strength whatever the style",
+        choices=STYLE_BALANCES,
+    ),
+    Option(
+        "colors",
+        "string",
+        "style",
+        "style: the style's colours; swap: the content's colours put back after the run (as preserve_colors); "
+        "histogram: the style recoloured to the content's colour statistics first; luminance: the run sees "
+        "luminance only, the content's colours put back",
+        choices=COLORS,
+    ),
+    Option("preserve_colors", "bool", False, "keep the content's colours after the run: the same as colors=swap"),
     Option("init", "string", "content", "the image the optimisation starts from", choices=INITS),
     Option("seed", "int32", 0, "seed of the noise init: the same seed and inputs give the same image"),
     Option(

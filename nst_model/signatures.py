@@ -3,43 +3,66 @@
 - serving_default: encoded images in, PNG and losses out.
 - pixels: float32 pixels in and out, plus the resumable state, for chunked runs.
 - decode: encoded image to the exact pixels serving_default would use, for callers of pixels.
+- limits: no inputs; the limits this export enforces (nst-export --max-side, --max-steps).
 
 Every option of nst_model.options is an optional input of serving_default and pixels (pixels
 takes all but max_dim), its default written into the SignatureDef (PlaceholderWithDefault), so
 the stock server fills in what a request leaves out. Inputs are declared of any shape: the
 server checks no shapes, and a declared shape would be checked where the error cannot name the
-input; every shape is checked in the graph instead, with a message that does.
+input; every shape is checked in the graph instead, with a message that does. Each export writes
+its own defaults (steps and max_dim no higher than its limits), so the functions below are traced
+per Servable, with those defaults.
 """
 
 from __future__ import annotations
+
+import types
+from collections.abc import Callable
 
 import tensorflow as tf
 
 from nst_model import decoders, inputs, lbfgs
 from nst_model.model import (
-    STYLE_TARGETS_LENGTH,
     State,
     StyleAt,
     StyleTransfer,
     Targets,
     content_features_shape,
     initial_state,
-    pack_grams,
-    unpack_grams,
+    target_length,
     validate,
 )
-from nst_model.options import BY_NAME, DEFAULTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PIXELS_OPTIONS
+from nst_model.options import BY_NAME, DEFAULTS, MAX_STEPS, MIN_SIDE, PIXELS_OPTIONS, Limits
 
-SIGNATURES = ("serving_default", "pixels", "decode")
+SIGNATURES = ("serving_default", "pixels", "decode", "limits")
 
 
 def _spec(dtype: tf.DType | str) -> tf.TensorSpec:
     return tf.TensorSpec(None, dtype)
 
 
-# Tensor defaults on the tf.functions become PlaceholderWithDefault in the SignatureDef.
-_D = {name: tf.constant(value, BY_NAME[name].dtype) for name, value in DEFAULTS.items()}
+def _tensors(defaults: dict[str, object]) -> dict[str, tf.Tensor]:
+    """Tensor defaults of the tf.functions become PlaceholderWithDefault in the SignatureDef."""
+    return {name: tf.constant(value, BY_NAME[name].dtype) for name, value in defaults.items()}
+
+
+_D = _tensors(DEFAULTS)  # the functions' written defaults; Servable replaces them with its export's own
 _OPTION_SPECS = [_spec(BY_NAME[name].dtype) for name in PIXELS_OPTIONS]
+_INPUT_SIGNATURES = {
+    "serving_default": [_spec(tf.string), _spec(tf.string), _spec(tf.int32), _spec(tf.int32), *_OPTION_SPECS],
+    "pixels": [
+        _spec(tf.float32),
+        _spec(tf.float32),
+        _spec(tf.int32),
+        _spec(tf.int32),
+        *_OPTION_SPECS,
+        *[_spec(tf.float32)] * 3,
+        _spec(tf.int32),
+        *[_spec(tf.float32)] * 6,
+    ],
+    "decode": [_spec(tf.string), _spec(tf.int32)],
+    "limits": [],
+}
 _NO_IMAGE = tf.zeros([1, 0, 0, 3])
 _NO_PAIRS = tf.zeros([0, 0, 0, 3])
 _NO_STYLE = tf.zeros([0, 0, 0, 3])
@@ -83,18 +106,29 @@ def _state(given: State, content: tf.Tensor, start: State) -> State:
 
 
 class Servable(tf.Module):
-    """The signatures the server runs, around one StyleTransfer."""
+    """The signatures the server runs, around one StyleTransfer, within `limits`."""
 
-    def __init__(self, model: StyleTransfer):
+    def __init__(self, model: StyleTransfer, limits: Limits | None = None):
         super().__init__(name="servable")
         self.model = model
+        self.bounds = limits or Limits()  # the signature `limits` reports them
+        defaults = _tensors(self.bounds.defaults())
+        for name, specs in _INPUT_SIGNATURES.items():
+            function = _with_defaults(getattr(Servable, f"_{name}"), defaults, name)
+            setattr(self, name, tf.function(types.MethodType(function, self), input_signature=specs))
 
-    def _decode(self, image: tf.Tensor, max_dim: tf.Tensor, name: str) -> tf.Tensor:
-        max_dim = inputs.int_in_range(max_dim, "max_dim", MIN_SIDE, MAX_SIDE)
+    def _decode_image(self, image: tf.Tensor, max_dim: tf.Tensor, name: str) -> tf.Tensor:
+        max_side = self.bounds.max_side
+        max_dim = inputs.int_in_range(max_dim, "max_dim", MIN_SIDE, max_side, inputs.limit_note(max_side))
         return inputs.resize_longest_side(decoders.decode(image, name), max_dim)
 
-    @tf.function(input_signature=[_spec(tf.string), _spec(tf.string), _spec(tf.int32), _spec(tf.int32), *_OPTION_SPECS])
-    def serving_default(
+    def _steps(self, steps: tf.Tensor) -> tf.Tensor:
+        note = ""
+        if self.bounds.max_steps < MAX_STEPS:
+            note = " (lowered at export: nst-export --max-steps; send fewer steps per call, e.g. nst-client --chunk)"
+        return inputs.int_in_range(steps, "steps", 0, self.bounds.max_steps, note)
+
+    def _serving_default(
         self,
         content,
         style,
@@ -107,6 +141,9 @@ class Servable(tf.Module):
         optimizer=_D["optimizer"],
         style_scale=_D["style_scale"],
         style_weights=_D["style_weights"],
+        style_loss=_D["style_loss"],
+        style_balance=_D["style_balance"],
+        colors=_D["colors"],
         preserve_colors=_D["preserve_colors"],
         init=_D["init"],
         seed=_D["seed"],
@@ -119,31 +156,19 @@ class Servable(tf.Module):
         `style` is one encoded image or a vector of them, blended by `style_weights`.
         """
         controls = validate(_options(locals()))
-        steps = inputs.int_in_range(steps, "steps", 0, MAX_STEPS)
-        content = inputs.working_size(self._decode(content, max_dim, "content"), "content")
+        steps = self._steps(steps)
+        content = inputs.working_size(self._decode_image(content, max_dim, "content"), "content", self.bounds.max_side)
         styles = inputs.encoded_styles(style, "style")
 
         def style_at(i):
-            return self._decode(styles[i], max_dim, "style")
+            return self._decode_image(styles[i], max_dim, "style")
 
-        targets = self.model.targets(content, style_at, tf.size(styles), controls)
+        targets = self.model.targets(content, style_at, tf.size(styles), controls, self.bounds.max_side)
         start = initial_state(content, lambda: style_at(0), controls)
         png, terms, _ = self.model.stylize(content, targets, steps, controls, start)
         return {"image_bytes": png, **terms._asdict()}
 
-    @tf.function(
-        input_signature=[
-            _spec(tf.float32),
-            _spec(tf.float32),
-            _spec(tf.int32),
-            _spec(tf.int32),
-            *_OPTION_SPECS,
-            *[_spec(tf.float32)] * 3,
-            _spec(tf.int32),
-            *[_spec(tf.float32)] * 6,
-        ]
-    )
-    def pixels(
+    def _pixels(
         self,
         content,
         style=_NO_STYLE,
@@ -156,6 +181,9 @@ class Servable(tf.Module):
         optimizer=_D["optimizer"],
         style_scale=_D["style_scale"],
         style_weights=_D["style_weights"],
+        style_loss=_D["style_loss"],
+        style_balance=_D["style_balance"],
+        colors=_D["colors"],
         preserve_colors=_D["preserve_colors"],
         init=_D["init"],
         seed=_D["seed"],
@@ -183,8 +211,8 @@ class Servable(tf.Module):
         preserve_colors (which applies to `image_bytes` only), and each optimiser's own state.
         """
         controls = validate(_options(locals()))
-        steps = inputs.int_in_range(steps, "steps", 0, MAX_STEPS)
-        content = inputs.working_size(inputs.pixels(content, "content"), "content")
+        steps = self._steps(steps)
+        content = inputs.working_size(inputs.pixels(content, "content"), "content", self.bounds.max_side)
 
         def styles() -> tuple[StyleAt, tf.Tensor]:
             """The style images by index, and their count; checked only where they are used."""
@@ -195,11 +223,11 @@ class Servable(tf.Module):
 
             return crop, tf.shape(batch)[0]
 
-        grams = inputs.optional_vector(style_targets, STYLE_TARGETS_LENGTH, "style_targets", 0.0)
+        known_style = inputs.optional_vector(style_targets, target_length(controls.style_loss), "style_targets")
         features = inputs.optional_features(
             content_target, content_features_shape(content, controls.content_layer), "content_target"
         )
-        given = inputs.runtime_size(grams) > 0
+        given = inputs.runtime_size(known_style) > 0
         given = inputs.require(
             given,
             tf.equal(given, inputs.runtime_size(features) > 0),
@@ -207,8 +235,8 @@ class Servable(tf.Module):
         )
         targets = tf.cond(
             given,
-            lambda: Targets(unpack_grams(grams), features),
-            lambda: self.model.targets(content, *styles(), controls),
+            lambda: Targets(known_style, features),
+            lambda: self.model.targets(content, *styles(), controls, self.bounds.max_side),
         )
         start = initial_state(content, lambda: styles()[0](0), controls)
         given_state = State(image, adam_m, adam_v, adam_step, lbfgs_s, lbfgs_y, lbfgs_grad, lbfgs_losses)
@@ -218,16 +246,29 @@ class Servable(tf.Module):
             "image_bytes": png,
             **terms._asdict(),
             **state._asdict(),
-            "style_targets": pack_grams(targets.style_grams),
+            "style_targets": targets.style,
             "content_target": targets.content_features,
         }
 
-    @tf.function(input_signature=[_spec(tf.string), _spec(tf.int32)])
-    def decode(self, image, max_dim=_D["max_dim"]):
+    def _decode(self, image, max_dim=_D["max_dim"]):
         """The pixels serving_default would optimise for this encoded image and max_dim."""
-        return {"pixels": self._decode(image, max_dim, "image")}
+        return {"pixels": self._decode_image(image, max_dim, "image")}
+
+    def _limits(self):
+        """The limits in force, so that a client can size its calls to them."""
+        return {name: tf.constant(value, tf.int32) for name, value in self.bounds.as_dict().items()}
 
     def signatures(self) -> dict[str, tf.types.experimental.PolymorphicFunction]:
         """For tf.saved_model.save; passing the tf.functions (not concrete functions) keeps
         their defaults as PlaceholderWithDefault, so the server treats those inputs as optional."""
         return {name: getattr(self, name) for name in SIGNATURES}
+
+
+def _with_defaults(function: Callable, defaults: dict[str, tf.Tensor], name: str) -> Callable:
+    """A copy of `function`, named `name`, whose parameters named in `defaults` default to those
+    values: tf.function writes the Python defaults into the SignatureDef, so an export's own
+    defaults must be those of the function it traces."""
+    code, written = function.__code__, function.__defaults__ or ()
+    names = code.co_varnames[code.co_argcount - len(written) : code.co_argcount]
+    values = tuple(defaults.get(n, d) for n, d in zip(names, written, strict=True))
+    return types.FunctionType(code, function.__globals__, name, values, function.__closure__)

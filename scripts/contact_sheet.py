@@ -6,8 +6,10 @@
 e.g. with ../shared/images/content/tubingen.jpg, ../shared/images/style/starry_night.jpg and
 ../shared/images/style/the_scream.jpg. One tile per setting, labelled: the defaults, style scale 0.5
 and 2, original colours, noise init, average pooling, content layer block4_conv2 and, with a second
-style, blends 7:3 and 3:7. `--only` picks some tiles by label; `--set NAME=VALUE` changes an option
-for every tile (e.g. --set style_weight=0.1). Each tile is one run of the model in this process
+style, blends 7:3 and 3:7; then the style losses (w2, sliced) and balances (normalized), and the
+colour methods (histogram, luminance). `--only` picks some tiles by label; `--set NAME=VALUE` changes
+an option for every tile (e.g. --set style_weight=0.1); `--reference IMAGE` adds another
+implementation's result (../shared/images/reference/) beside them. Each tile is one run of the model in this process
 (`--model DIR` runs an exported SavedModel instead); the CPU takes minutes per tile at 512 px.
 """
 
@@ -32,6 +34,13 @@ SINGLE_STYLE: tuple[Variant, ...] = (
     ("init noise", {"init": "noise"}),
     ("pooling avg", {"pooling": "avg"}),
     ("content_layer block4_conv2", {"content_layer": "block4_conv2"}),
+    ("gram normalized", {"style_balance": "normalized"}),
+    ("w2", {"style_loss": "w2"}),
+    ("w2 normalized", {"style_loss": "w2", "style_balance": "normalized"}),
+    ("sliced", {"style_loss": "sliced"}),
+    ("sliced normalized", {"style_loss": "sliced", "style_balance": "normalized"}),
+    ("colors histogram", {"colors": "histogram"}),
+    ("colors luminance", {"colors": "luminance"}),
 )
 TWO_STYLES: tuple[Variant, ...] = (
     ("blend 7:3", {"style_weights": (7.0, 3.0)}),
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--columns", type=int, default=4)
     parser.add_argument("--only", action="append", help="a tile label to render (repeatable; default all)")
     parser.add_argument("--set", action="append", default=[], type=parse_set, help="NAME=VALUE for every tile")
+    parser.add_argument("--reference", action="append", default=[], help="another implementation's output, as a tile")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="VGG arithmetic")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", help="VGG19 .h5 weights (default: $NST_VGG19_WEIGHTS)")
     source.add_argument("--model", help="an exported SavedModel version folder")
@@ -99,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         stylizer = load(args.model)
     else:
-        stylizer = Stylizer.from_module(Servable(StyleTransfer(load_weights(args.weights)[0])))
+        stylizer = Stylizer.from_module(Servable(StyleTransfer(load_weights(args.weights)[0], args.precision)))
     common = {"max_dim": args.max_dim, "steps": args.steps, **dict(args.set)}
     height = args.max_dim
-    tiles = [tile(PIL.Image.open(p), pathlib.Path(p).name, height) for p in (args.content, *args.styles)]
+    shown = (args.content, *args.styles, *args.reference)
+    tiles = [tile(PIL.Image.open(p), pathlib.Path(p).name, height) for p in shown]
     for label, options in variants(len(args.styles) == 2, args.only):
         started = time.perf_counter()
         styles = args.styles if "style_weights" in options else args.styles[:1]

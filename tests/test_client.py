@@ -47,7 +47,7 @@ from tensorflow_serving.apis import (
 
 from nst_client import NSTClient, RestClient, ServerError, chunked, cli, contract, errors, images, tensors
 from nst_devserver import serving as ds
-from nst_model.options import DEFAULTS
+from nst_model.options import DEFAULTS, MAX_STEPS
 
 pytest_plugins = ["serving_fixtures"]
 
@@ -194,6 +194,7 @@ def test_status_and_signatures_commands(devserver, capsys):
     assert re.search(rf"in  steps +DT_INT32 +\? +default: {DEFAULTS['steps']}\n", out)  # any shape: the graph checks it
     assert re.search(r"in  content +DT_STRING +\? +required\n", out)
     assert "__saved_model_init_op" not in out
+    assert f"limits: longest side 16 to 2048 px, at most {MAX_STEPS} steps per call, 8 styles" in out
 
 
 # ---- errors and exit codes -----------------------------------------------------------------------
@@ -814,7 +815,7 @@ def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content
     rest = RestClient(rest_gateway, version=1)
     assert [(s.version, s.state) for s in rest.status()] == [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
     version, signatures = rest.signatures()
-    assert version == 1 and {"serving_default", "pixels", "decode"} == set(signatures)
+    assert version == 1 and {"serving_default", "pixels", "decode", "limits"} == set(signatures)
     assert tensors.to_array(signatures["serving_default"].defaults["steps"]) == DEFAULTS["steps"]
 
     code, _, err = run_cli(capsys, "--rest", rest_gateway, *image_files, "--steps", "-1", "--max-dim", "32")
