@@ -10,17 +10,25 @@ optimiser's state; the next call sends them back instead of the styles, so no ca
 what an earlier one computed, and N calls of K steps give exactly the image of one call of N*K.
 State outputs are named after the optimiser that uses them (`adam_*`, `lbfgs_*`) plus `image`;
 a run sends back only those of its optimiser.
+
+Coarse-to-fine (`scales`): the same chunks, run at each longest side in turn; a scale decodes the
+images at its size, computes its own targets, and starts a fresh optimiser from the previous
+scale's raw image upsampled to its content (see `plan` for how the steps are split).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import PIL.Image
+
+from .errors import InputError
+from .settings import DEFAULT_SCALES, MIN_SCALE
 
 SERVING_DEFAULT, PIXELS, DECODE = "serving_default", "pixels", "decode"
 LOSSES = ("loss", "style_loss", "content_loss", "tv_loss")
@@ -71,6 +79,7 @@ def run(
     defaults: Mapping[str, np.ndarray],
     *,
     chunk: int,
+    scales: Sequence[int] = DEFAULT_SCALES,
     progress: Progress | None = None,
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 0,
@@ -78,16 +87,19 @@ def run(
 ) -> Result:
     """Run the model on encoded images with `options` (arrays typed for the signatures).
 
-    `defaults` are the model's own defaults (for steps and optimizer where `options` leave them
-    out). `chunk` > 0 cuts the run into calls of at most `chunk` steps and reports to `progress`;
-    0 sends one serving_default call. `checkpoint` gets the PNG every `checkpoint_every` steps.
-    `stop(steps done, loss)` true after a chunk ends the run there (the benchmark's "until this
-    loss"). Ctrl-C raises Interrupted with the last finished chunk's PNG.
+    `defaults` are the model's own defaults (for steps, optimizer and max_dim where `options` leave
+    them out). `chunk` > 0 cuts the run into calls of at most `chunk` steps and reports to `progress`;
+    0 sends one serving_default call (one `pixels` call per scale with `scales`). `scales`: longest
+    sides to run at before max_dim, coarse-to-fine (see `plan`); progress, checkpoints and Ctrl-C
+    count the steps of all scales together. `checkpoint` gets the PNG every `checkpoint_every` steps.
+    `stop(steps done, loss)` true after a chunk of the last scale ends the run there (the benchmark's
+    "until this loss"). Ctrl-C raises Interrupted with the last finished chunk's PNG.
     """
     steps = int(options.get("steps", defaults.get("steps", 0)))
     optimizer = _text(options.get("optimizer", defaults.get("optimizer", "lbfgs")))
     every = checkpoint_every if checkpoint else 0
-    if (chunk == 0 or steps <= chunk) and not every:
+    stages = plan(scales, int(options.get("max_dim", defaults.get("max_dim", 0))), steps) if scales else [(0, steps)]
+    if len(stages) == 1 and (chunk == 0 or steps <= chunk) and not every:
         images = {"content": np.array(content, object), "style": _styles(styles)}
         out = call(SERVING_DEFAULT, {**images, **options}, ("image_bytes", *LOSSES))
         if progress:
@@ -99,41 +111,96 @@ def run(
     decode_options = {k: v for k, v in options.items() if k in DECODE_OPTIONS}
     feeds = {k: v for k, v in options.items() if k not in DECODE_OPTIONS and k != "steps"}
 
-    def decode(image: bytes) -> np.ndarray:
-        return call(DECODE, {"image": np.array(image, object), **decode_options}, ("pixels",))["pixels"]
+    def decode(image: bytes, sizing: Mapping[str, np.ndarray]) -> np.ndarray:
+        return call(DECODE, {"image": np.array(image, object), **sizing}, ("pixels",))["pixels"]
 
-    content_pixels = decode(content)
-    style_pixels = style_batch([decode(s) for s in styles])
-    state: dict[str, np.ndarray] = {}  # empty: the model starts the run and computes the targets
-    targets: dict[str, np.ndarray] = {}
-    done, png = 0, None
+    done, png, image = 0, None, None
     if progress:
         progress(0, steps, math.nan)
     try:
-        while True:
-            todo = min(chunk or steps, steps - done)
-            if every:
-                todo = min(todo, every - done % every)
-            last = done + todo >= steps
-            # Every call after the first asks for the same outputs, the last one too: the server builds
-            # an executor per set of inputs and outputs (seconds), and two sets per optimiser are what
-            # the export's warmup requests prepare. The last call's state is a few MB to spare.
-            wanted = ("image_bytes", *LOSSES, *state_names(optimizer), *([] if state else TARGETS))
-            images = {"content": content_pixels} if state else {"content": content_pixels, **style_pixels}
-            steps_array = np.array(todo, np.int32)
-            out = call(PIXELS, {**images, **feeds, **state, "steps": steps_array}, wanted)
-            done += todo
-            png = _bytes(out["image_bytes"])
-            if progress:
-                progress(done, steps, float(out["loss"]))
-            if every and (done % every == 0 or last):
-                checkpoint(done, png)
-            if last or (stop and stop(done, float(out["loss"]))):
-                return _result(out)
-            targets = targets or {k: out[k] for k in TARGETS}
-            state = {**{k: out[k] for k in state_names(optimizer)}, **targets}
+        for index, (side, stage_steps) in enumerate(stages):
+            final = index == len(stages) - 1
+            # The last scale decodes as a single-scale run does (max_dim as the options give it).
+            sizing = decode_options if final else {"max_dim": np.array(side, np.int32)}
+            content_pixels = decode(content, sizing)
+            style_pixels = style_batch([decode(s, sizing) for s in styles])
+            # A scale's first call: its styles, and the previous scale's image (a fresh optimiser from it).
+            state = {} if image is None else {"image": upsample(image, content_pixels.shape)}
+            targets: dict[str, np.ndarray] = {}  # empty: this call computes them
+            end = done + stage_steps
+            while True:
+                todo = min(chunk or stage_steps, end - done)
+                if every:
+                    todo = min(todo, every - done % every)
+                last = done + todo >= end
+                # Every call after a scale's first asks for the same outputs, the last one too: the server
+                # builds an executor per set of inputs and outputs (seconds), and two sets per optimiser are
+                # what the export's warmup requests prepare. The last call's state is a few MB to spare.
+                wanted = ("image_bytes", *LOSSES, *state_names(optimizer), *([] if targets else TARGETS))
+                images = {"content": content_pixels} if targets else {"content": content_pixels, **style_pixels}
+                steps_array = np.array(todo, np.int32)
+                out = call(PIXELS, {**images, **feeds, **state, "steps": steps_array}, wanted)
+                done += todo
+                png = _bytes(out["image_bytes"])
+                if progress:
+                    progress(done, steps, float(out["loss"]))
+                if every and (done % every == 0 or (last and final)):
+                    checkpoint(done, png)
+                if last or (final and stop and stop(done, float(out["loss"]))):
+                    break
+                targets = targets or {k: out[k] for k in TARGETS}
+                state = {**{k: out[k] for k in state_names(optimizer)}, **targets}
+            image = out["image"]
     except KeyboardInterrupt:
         raise Interrupted(done, png) from None
+    return _result(out)
+
+
+def scales_problem(scales: Sequence[int], max_dim: int) -> str | None:
+    """Why `scales` cannot lead up to `max_dim`, in one line; None if they can."""
+    shown = ",".join(map(str, scales))
+    if not all(isinstance(s, int | np.integer) for s in scales):
+        return f"scales must be whole numbers of pixels; got {shown}"
+    if any(a >= b for a, b in itertools.pairwise(scales)):
+        return f"scales must increase; got {shown}"
+    if scales and scales[0] < MIN_SCALE:
+        return f"scales must be at least {MIN_SCALE} px; got {shown}"
+    if scales and scales[-1] > max_dim:
+        return f"scales must not exceed max_dim ({max_dim}); got {shown}"
+    return None
+
+
+def plan(scales: Sequence[int], max_dim: int, steps: int) -> list[tuple[int, int]]:
+    """(longest side, steps) of each scale: `scales`, then max_dim unless they end with it.
+
+    The split follows crowsonkb/style-transfer-pytorch (`initial_iterations` at its first scale,
+    `iterations` at each later one, 1000 and 500 by default): with n scales, the first gets
+    2/(n+1) of `steps`, each later one 1/(n+1), rounded down, and the last one what remains.
+    Scales below max_dim left with no steps are dropped. Raises InputError for bad scales.
+    """
+    if problem := scales_problem(scales, max_dim):
+        raise InputError(problem)
+    sides = [*scales, max_dim] if not scales or scales[-1] != max_dim else list(scales)
+    share = steps // (len(sides) + 1)
+    split = [2 * share, *[share] * (len(sides) - 1)]
+    split[-1] += steps - sum(split)
+    return [(int(side), n) for side, n in zip(sides, split, strict=True) if n or side == max_dim]
+
+
+def upsample(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A scale's raw image [1, h, w, 3] as the next scale's start: bicubic (as crowsonkb upsamples
+    between scales) to exactly `shape`'s height and width, which `decode` chose for the next
+    content (the aspect ratio is rounded anew at each size), clipped to [0, 1] as `pixels` requires."""
+    height, width = int(shape[1]), int(shape[2])
+    channels = [
+        np.asarray(
+            PIL.Image.fromarray(np.ascontiguousarray(image[0, :, :, c], np.float32)).resize(
+                (width, height), PIL.Image.Resampling.BICUBIC
+            )
+        )
+        for c in range(3)
+    ]
+    return np.clip(np.stack(channels, -1)[np.newaxis], 0.0, 1.0).astype(np.float32)
 
 
 def style_batch(styles: list[np.ndarray]) -> dict[str, np.ndarray]:

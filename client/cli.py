@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from . import contract, errors
-from .chunked import Interrupted
+from .chunked import Interrupted, scales_problem
 from .errors import ClientError, InputError, ServerError
 from .output import checkpoint_path, prepare_output
 from .progress import ProgressBar
-from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_SCALES, DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
@@ -113,6 +113,30 @@ def _count(text: str) -> int:
     return count
 
 
+def _scales(text: str) -> tuple[int, ...]:
+    """Comma-separated longest sides, checked here for all that does not depend on max_dim."""
+    try:
+        scales = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers of pixels; got {text!r}") from None
+    if problem := scales_problem(scales, max(scales, default=0)):
+        raise argparse.ArgumentTypeError(problem.removeprefix("scales "))
+    return scales
+
+
+def add_scales_flag(parser: argparse.ArgumentParser) -> None:
+    """--scales, one flag and help for nst-client and nst-stylize."""
+    parser.add_argument(
+        "--scales",
+        type=_scales,
+        default=DEFAULT_SCALES,
+        metavar="S,S,...",
+        help="coarse-to-fine: run first at these longest sides, e.g. 256,512 before --max-dim 1024, each scale "
+        "starting from the last one's image upsampled; --steps is the total, the first scale gets two shares "
+        "and each later one one share (default: off, one scale)",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other failure; the usage is one --help away."""
 
@@ -143,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also write the image every N steps, as OUTPUT_0100.png and so on (default: only at the end)",
     )
+    add_scales_flag(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's start-up log lines")
 
@@ -245,6 +270,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--chunk needs gRPC: over REST a run is one call")
     if args.rest and args.save_every:
         parser.error("--save-every needs gRPC: over REST a run is one call")
+    if args.rest and args.scales:
+        parser.error("--scales needs gRPC: over REST a run is one call")
+    given_max_dim = args.max_dim is not None and args.max_dim.strip().isdigit()  # else the server's: checked then
+    if given_max_dim and (problem := scales_problem(args.scales, int(args.max_dim))):
+        parser.error(problem)
     if args.command == "stylize" and (problem := prepare_output(pathlib.Path(args.output))):
         parser.error(problem)
     return args
@@ -315,8 +345,9 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
         result = client.run(content, styles, **args.options)
     else:
         chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
+        one_call = chunk == 0 and not args.save_every and not args.scales
         try:
-            with ProgressBar(disable=args.quiet or (chunk == 0 and not args.save_every)) as bar:
+            with ProgressBar(disable=args.quiet or one_call) as bar:
                 result = client.run(
                     content,
                     styles,
@@ -324,6 +355,7 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
                     progress=bar,
                     checkpoint=save if args.save_every else None,
                     checkpoint_every=args.save_every,
+                    scales=args.scales,
                     **args.options,
                 )
         except Interrupted as e:
@@ -362,6 +394,12 @@ def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -
 
     version, signatures = client.signatures()
     print(f"model {client.model_name!r} version {version} at {args.rest or args.server}")
+    if not args.rest:
+        print(contract.limits_line(client.limits()))
+    elif contract.LIMITS in signatures:  # the stock REST API calls no signature without inputs (GetInfoMap)
+        print("limits: not readable over REST (a signature without inputs); nst-client without --rest shows them")
+    else:
+        print(contract.limits_line(None))
     for name in sorted(signatures):
         signature = signatures[name]
         print(f"signature {name!r}")

@@ -37,7 +37,7 @@ from . import chunked, contract, tensors
 from .contract import Result
 from .errors import ClientError, InputError, ServerError, with_retries
 from .images import ImageLike, encode
-from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_SCALES, DEFAULT_TIMEOUT_S
 
 CHANNEL_OPTIONS = (
     # The server accepts messages up to 2 GiB; gRPC's Python default receive limit is 4 MiB.
@@ -146,6 +146,7 @@ class NSTClient:
         progress: chunked.Progress | None = None,
         checkpoint: chunked.Checkpoint | None = None,
         checkpoint_every: int = 0,
+        scales: Sequence[int] = DEFAULT_SCALES,
         **options: object,
     ) -> Result:
         """Run the model on a content image and one or more style images (paths, encoded bytes,
@@ -155,7 +156,8 @@ class NSTClient:
         signatures` lists them), typed from the served signature; left out or None, the model's
         default applies. `chunk` > 0 runs `chunk` steps per call and reports to `progress`
         before the first call and after each; 0 sends one call. `checkpoint(steps, png)` gets the
-        image every `checkpoint_every` steps. Every call of a run goes to the version that took
+        image every `checkpoint_every` steps; `scales` runs coarse-to-fine (nst_client.chunked.plan).
+        Every call of a run goes to the version that took
         its first call. Ctrl-C raises nst_client.chunked.Interrupted with the last finished image.
         """
         if chunk < 0:
@@ -185,6 +187,7 @@ class NSTClient:
             progress=progress,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
+            scales=scales,
         )
         return dataclasses.replace(result, model_version=version)
 

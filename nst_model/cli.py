@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk", type=int, default=DEFAULT_CHUNK, help=f"steps per call (default {DEFAULT_CHUNK}); 0: one call"
     )
+    from nst_client.cli import add_scales_flag  # light too
+
+    add_scales_flag(parser)
     parser.add_argument(
         "--save-every",
         type=int,
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
     if args.chunk < 0 or args.save_every < 0:
         parser.error("--chunk and --save-every must be >= 0")
+    from nst_client.chunked import scales_problem
+
+    if problem := scales_problem(args.scales, options["max_dim"]):
+        parser.error(problem)
     output = pathlib.Path(args.output)
     if problem := prepare_output(output):
         parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {problem}\n")
@@ -99,6 +106,7 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
                 content,
                 styles,
                 chunk=args.chunk,
+                scales=args.scales,
                 progress=bar,
                 checkpoint=save if args.save_every else None,
                 checkpoint_every=args.save_every,

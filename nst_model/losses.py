@@ -62,10 +62,13 @@ def sqrtm(matrix: tf.Tensor) -> tf.Tensor:
     Newton-Schulz iterations: plain matmuls, so it runs (and differentiates) in any graph."""
     norm = tf.norm(matrix, axis=[-2, -1], keepdims=True)
     eye = tf.eye(tf.shape(matrix)[-1], batch_shape=[1])
-    y, z = matrix / norm, eye
-    for _ in range(W2_ITERATIONS):
+
+    def iteration(y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         t = 0.5 * (3.0 * eye - z @ y)
-        y, z = y @ t, t @ z
+        return y @ t, t @ z
+
+    # A loop, not unrolled: the graph holds one iteration (and one of its gradient) per use.
+    y, _ = tf.while_loop(lambda *_: True, iteration, (matrix / norm, eye), maximum_iterations=W2_ITERATIONS)
     return y * tf.sqrt(norm)
 
 

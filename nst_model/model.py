@@ -149,9 +149,11 @@ def pack(parts: list[tf.Tensor]) -> tf.Tensor:
 def unpack(vector: tf.Tensor, loss: str) -> list[tf.Tensor]:
     """The style targets of `loss` from `pack`'s vector. It is padded, not reshaped, to its length:
     it is called in branches that do not run for other losses (or for an empty vector), and
-    Grappler infers the shape of a tensor from a reshape in any branch."""
+    Grappler infers the shape of a tensor from a reshape in any branch. The padding depends on the
+    fed size, so that Grappler does not fold it into a constant of the targets' size per use."""
     length, shapes = TARGET_LENGTHS[loss], TARGET_SHAPES[loss]
-    vector = tf.concat([vector, tf.zeros([length])], 0)[:length]
+    missing = tf.maximum(length - inputs.runtime_size(vector), 0)
+    vector = tf.pad(vector, [[0, missing]])[:length]
     parts = tf.split(vector, [int(np.prod(s)) for s in shapes])
     return [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
 
@@ -295,6 +297,9 @@ class StyleTransfer(tf.Module):
     def optimise(self, targets: Targets, steps: tf.Tensor, controls: Controls, state: State) -> tuple[State, Losses]:
         """`steps` steps of the chosen optimiser from `state`; the new state and its losses."""
 
+        # One function, called by each optimiser's steps: the graph holds the objective and its
+        # gradient once per signature, not once per place that evaluates it.
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
         def value_and_grad(image):
             with tf.GradientTape() as tape:
                 tape.watch(image)

@@ -29,7 +29,7 @@ STYLE_LOSS_SCALES = {"gram": 1.0, "w2": 1.8e5, "sliced": 4.8e5}
 # reference: the losses as they are, so a style shows as strongly as its features are large;
 # normalized: each layer's term divided by the size of that style's own target at that layer.
 STYLE_BALANCES = ("reference", "normalized")
-NORMALIZED_SCALES = {"gram": 1.0, "w2": 1.0, "sliced": 1.0}  # the same, for style_balance=normalized
+NORMALIZED_SCALES = {"gram": 1.6e10, "w2": 2.8e10, "sliced": 6.8e10}  # the same, for style_balance=normalized
 W2_ITERATIONS = 12  # Newton-Schulz iterations per matrix square root (crowsonkb's count)
 W2_EPSILON = 1e-4  # added to the covariances' diagonals (crowsonkb's): keeps them invertible
 SLICED_QUANTILES = 1024  # points of each style's quantile function per direction, carried in the state

@@ -18,7 +18,7 @@ import tensorflow as tf
 from nst_client import chunked, images
 from nst_client.chunked import Result
 from nst_client.progress import ProgressBar
-from nst_client.settings import DEFAULT_CHUNK
+from nst_client.settings import DEFAULT_CHUNK, DEFAULT_SCALES
 from nst_model.options import BY_NAME, DEFAULTS
 from nst_model.session import ServingSession
 from nst_model.signatures import Servable
@@ -51,7 +51,9 @@ class Stylizer:
 
         `style` is one image or a list of them (blended by the `style_weights` option).
         Keywords: the options of `nst_model.options.OPTIONS` (steps, max_dim, style_weight, ...),
-        `chunk` (steps per call, 0 for one call) and `progress` (show a progress bar).
+        `chunk` (steps per call, 0 for one call), `scales` (coarse-to-fine: longest sides to run at
+        before max_dim, e.g. (256, 512); `steps` is split over them, see nst_client.chunked.plan) and
+        `progress` (show a progress bar).
         """
         return self.run(content, style, **options).image
 
@@ -61,6 +63,7 @@ class Stylizer:
         style: Styles,
         *,
         chunk: int = DEFAULT_CHUNK,
+        scales: Sequence[int] = DEFAULT_SCALES,
         progress: bool | chunked.Progress = True,
         checkpoint: chunked.Checkpoint | None = None,
         checkpoint_every: int = 0,
@@ -68,8 +71,9 @@ class Stylizer:
         **options: object,
     ) -> Result:
         """As `stylize`, returning the PNG bytes and the losses. `progress` may also be a callback
-        (steps done, total, loss); `checkpoint(steps, png)` is called every `checkpoint_every`
-        steps; `stop(steps, loss)` true ends the run after a chunk."""
+        (steps done, total, loss), counting the steps of every scale; `checkpoint(steps, png)` is
+        called every `checkpoint_every` steps; `stop(steps, loss)` true ends the run after a chunk
+        of the last scale."""
         unknown = set(options) - set(DEFAULTS)
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
@@ -83,6 +87,7 @@ class Stylizer:
                 typed,
                 self.defaults,
                 chunk=chunk,
+                scales=scales,
                 progress=progress if callable(progress) else bar,
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
@@ -102,7 +107,9 @@ def load(path: str | os.PathLike) -> Stylizer:
     """A Stylizer over an exported SavedModel version folder, e.g. "models/nst/1", loaded the
     way the server loads it."""
     session = ServingSession(path)
-    defaults = {k: tf.make_ndarray(v) for k, v in session.signature("pixels").defaults.items()}
+    defaults = {  # decode's for max_dim, which coarse-to-fine needs and pixels does not take
+        k: tf.make_ndarray(v) for name in ("decode", "pixels") for k, v in session.signature(name).defaults.items()
+    }
     return Stylizer(
         lambda signature, inputs, outputs: session.run(signature, dict(inputs), list(outputs)), defaults, session
     )
