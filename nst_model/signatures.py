@@ -23,13 +23,15 @@ import tensorflow as tf
 
 from nst_model import decoders, inputs, lbfgs
 from nst_model.model import (
+    STYLE_TARGETS_LENGTH,
     State,
     StyleAt,
     StyleTransfer,
     Targets,
     content_features_shape,
     initial_state,
-    target_length,
+    pack_grams,
+    unpack_grams,
     validate,
 )
 from nst_model.options import BY_NAME, DEFAULTS, MAX_STEPS, MIN_SIDE, PIXELS_OPTIONS, Limits
@@ -141,7 +143,6 @@ class Servable(tf.Module):
         optimizer=_D["optimizer"],
         style_scale=_D["style_scale"],
         style_weights=_D["style_weights"],
-        style_loss=_D["style_loss"],
         style_balance=_D["style_balance"],
         colors=_D["colors"],
         preserve_colors=_D["preserve_colors"],
@@ -181,7 +182,6 @@ class Servable(tf.Module):
         optimizer=_D["optimizer"],
         style_scale=_D["style_scale"],
         style_weights=_D["style_weights"],
-        style_loss=_D["style_loss"],
         style_balance=_D["style_balance"],
         colors=_D["colors"],
         preserve_colors=_D["preserve_colors"],
@@ -223,11 +223,11 @@ class Servable(tf.Module):
 
             return crop, tf.shape(batch)[0]
 
-        known_style = inputs.optional_vector(style_targets, target_length(controls.style_loss), "style_targets")
+        grams = inputs.optional_vector(style_targets, STYLE_TARGETS_LENGTH, "style_targets", 0.0)
         features = inputs.optional_features(
             content_target, content_features_shape(content, controls.content_layer), "content_target"
         )
-        given = inputs.runtime_size(known_style) > 0
+        given = inputs.runtime_size(grams) > 0
         given = inputs.require(
             given,
             tf.equal(given, inputs.runtime_size(features) > 0),
@@ -235,7 +235,7 @@ class Servable(tf.Module):
         )
         targets = tf.cond(
             given,
-            lambda: Targets(known_style, features),
+            lambda: Targets(unpack_grams(grams), features),
             lambda: self.model.targets(content, *styles(), controls, self.bounds.max_side),
         )
         start = initial_state(content, lambda: styles()[0](0), controls)
@@ -246,7 +246,7 @@ class Servable(tf.Module):
             "image_bytes": png,
             **terms._asdict(),
             **state._asdict(),
-            "style_targets": targets.style,
+            "style_targets": pack_grams(targets.style_grams),
             "content_target": targets.content_features,
         }
 

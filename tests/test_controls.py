@@ -17,7 +17,7 @@ import tensorflow as tf
 from conftest import make_image, png_bytes
 
 import nst_model
-from nst_model.options import BY_NAME, DEFAULTS, PIXELS_OPTIONS, STYLE_LOSSES, add_flags, from_flags
+from nst_model.options import BY_NAME, DEFAULTS, PIXELS_OPTIONS, add_flags, from_flags
 from nst_model.session import ServingSession
 
 CONTENT = png_bytes(make_image(40, 56, seed=1))
@@ -309,16 +309,6 @@ def test_real_noise_init_reaches_a_styled_image_and_seeds_differ(real):
     assert runs[0]["image_bytes"] != runs[1]["image_bytes"]
     for run in runs:
         assert float(run["loss"]) < float(start["loss"]) / 5
-
-
-@pytest.mark.parametrize("loss", STYLE_LOSSES)
-def test_real_each_style_loss_lowers_its_own_term_and_keeps_the_content(real, loss):
-    session, images = real
-    start = _real_run(session, images, ["the_scream.jpg"], style_loss=loss, steps=0)
-    run = _real_run(session, images, ["the_scream.jpg"], style_loss=loss)
-    assert float(run["style_loss"]) < 0.3 * float(start["style_loss"])
-    content, result = yuv(start["image_bytes"])[..., 0], yuv(run["image_bytes"])[..., 0]
-    assert np.corrcoef(content.ravel(), result.ravel())[0, 1] > 0.5  # the scene is still there
 
 
 def test_real_colour_methods_keep_the_contents_chroma(real):

@@ -9,9 +9,7 @@ from conftest import make_image
 
 from nst_client import chunked
 from nst_client.errors import clean_message
-from nst_model.model import TARGET_LENGTHS
-
-STYLE_TARGETS_LENGTH = TARGET_LENGTHS["gram"]  # the default style loss's
+from nst_model.model import STYLE_TARGETS_LENGTH
 
 CONTENT = make_image(24, 32, seed=1)[np.newaxis]
 STYLE = make_image(28, 28, seed=2)[np.newaxis]
@@ -98,11 +96,11 @@ def _bad_state() -> dict[str, tuple[dict, str]]:
         ),
         "style targets of another length": (
             {"style_targets": grams[:100], "content_target": features},
-            f"style_targets must be empty or a vector of {STYLE_TARGETS_LENGTH} values (for this style_loss)",
+            f"style_targets must be empty or a vector of {STYLE_TARGETS_LENGTH} values",
         ),
         "NaN style targets": (
             {"style_targets": np.full_like(grams, np.nan), "content_target": features},
-            "style_targets values must be finite",
+            "style_targets values must be finite and >= 0",
         ),
         "content target of another image": (
             {"style_targets": grams, "content_target": np.zeros([1, 3, 2, 512], np.float32)},
