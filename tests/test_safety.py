@@ -61,11 +61,15 @@ def test_no_file_system_or_network_op_is_reachable_from_any_signature(exported):
         if name.startswith("__"):
             continue
         types = _reachable_op_types(meta_graph, [t.name for t in signature.outputs.values()])
+        if name == "limits":  # constants only
+            assert types <= {"Const", "Identity", "StatefulPartitionedCall", "PartitionedCall", "NoOp"}, types
+            checked += 1
+            continue
         assert "Conv2D" in types or name == "decode", name  # the walk does reach into the functions
         assert {"DecodePng", "DecodeJpeg", "DecodeGif"} <= types or name == "pixels", name  # the decoders too
         assert not types & FORBIDDEN, (name, sorted(types & FORBIDDEN))
         checked += 1
-    assert checked == 3
+    assert checked == 4
 
 
 def test_the_walk_finds_the_savers_file_ops(exported):
