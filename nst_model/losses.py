@@ -15,18 +15,25 @@ def gram(features: tf.Tensor) -> tf.Tensor:
 # it the optimisation's path, matches the reference's.
 
 
-def layer_sum(terms: list[tf.Tensor], weight: tf.Tensor, layer_weights: tf.Tensor) -> tf.Tensor:
-    """Weighted mean over layers of the per-layer terms, times `weight`.
+def style_loss(
+    grams: list[tf.Tensor],
+    targets: list[tf.Tensor],
+    weight: tf.Tensor,
+    layer_weights: tf.Tensor,
+    layer_scales: list[tf.Tensor],
+) -> tf.Tensor:
+    """Weighted mean over layers of the mean squared difference of Gram matrices, times `weight`.
 
+    `layer_scales` multiply each layer's term (1 in the reference balance: x * 1.0 is x).
     `layer_weights` sum to 1. They are scaled by the layer count and the sum divided by it again,
     so that equal weights (0.2 * 5 == 1 exactly in float32) round as the reference's plain mean.
     """
-    count = len(terms)
-    return tf.add_n([t * (layer_weights[i] * count) for i, t in enumerate(terms)]) * weight / count
-
-
-def gram_term(image_gram: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(tf.square(image_gram - target))
+    count = len(grams)
+    per_layer = [
+        tf.reduce_mean(tf.square(g - t)) * s * (layer_weights[i] * count)
+        for i, (g, t, s) in enumerate(zip(grams, targets, layer_scales, strict=True))
+    ]
+    return tf.add_n(per_layer) * weight / count
 
 
 def content_loss(features: tf.Tensor, target: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:

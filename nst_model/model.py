@@ -95,7 +95,7 @@ def validate(options: dict[str, tf.Tensor]) -> Controls:
     )
     return Controls(
         weights={
-            # The reference's rounding for gram: its scale is 1, and x * 1.0 is x.
+            # In the reference balance the factor is 1, and x * 1.0 is x: the reference's rounding.
             "style_weight": inputs.non_negative(options["style_weight"], "style_weight")
             * tf.where(normalized, NORMALIZED_SCALE, 1.0),
             "content_weight": inputs.non_negative(options["content_weight"], "content_weight"),
@@ -214,13 +214,12 @@ class StyleTransfer(tf.Module):
         features = self.vgg(seen, (*STYLE_LAYERS, *CONTENT_LAYERS), controls.avg_pool)
 
         grams = [losses.gram(features[n]) for n in STYLE_LAYERS]
-        terms = [losses.gram_term(g, t) for g, t in zip(grams, targets.style_grams, strict=True)]
-        # With style_balance=normalized each layer's term is relative to the size of its target; in the
-        # reference balance the factor is 1, and x * 1.0 is x: the reference's rounding.
-        sizes = [tf.reduce_mean(tf.square(t)) for t in targets.style_grams]
-        factors = [tf.where(controls.normalized, 1.0 / tf.maximum(size, 1e-30), 1.0) for size in sizes]
-        terms = [t * f for t, f in zip(terms, factors, strict=True)]
-        style = losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
+        # With style_balance=normalized each layer's term is relative to the size of its target.
+        scales = [
+            tf.where(controls.normalized, 1.0 / tf.maximum(tf.reduce_mean(tf.square(t)), 1e-30), 1.0)
+            for t in targets.style_grams
+        ]
+        style = losses.style_loss(grams, targets.style_grams, weights["style_weight"], controls.layer_weights, scales)
         content = tf.switch_case(
             controls.content_layer,
             [
