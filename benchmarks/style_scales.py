@@ -1,14 +1,15 @@
-"""Derive NORMALIZED_SCALE: what style_weight is multiplied by under style_balance=normalized.
+"""Derive STYLE_LOSS_SCALES and NORMALIZED_SCALES: what style_weight is multiplied by for each
+style loss, in each style balance.
 
     python benchmarks/style_scales.py CONTENT [CONTENT ...] --styles STYLE [STYLE ...] \\
         --weights ../shared/weights/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 [--max-dim 512]
 
-The reference's weights balance the Gram loss against the content and TV losses; the normalized
-balance keeps that balance for an average style when its style term, at the image a default run
-starts from (the content), is as large on average as the reference's term is there. For every
-content/style pair this prints both terms at the content image (weight 1, one call of 0 steps) and
-their ratio; the scale is the geometric mean of the ratios, which no single style dominates. The
-spread of each column across styles shows what the normalized balance evens out.
+The reference's weights balance the Gram loss against the content and TV losses; a new loss gets
+the same balance when its style term, at the image a default run starts from (the content), is
+as large as the Gram term is there. For every content/style pair this prints each loss's style
+term at the content image (weight 1, one call of 0 steps) and its ratio to the reference Gram
+term; a scale is the geometric mean of its ratios over all pairs, which no single style dominates.
+Under style_balance=normalized the ratios' spread across styles shows what the balance evens out.
 """
 
 from __future__ import annotations
@@ -30,29 +31,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from nst_model.model import StyleTransfer
-    from nst_model.options import NORMALIZED_SCALE
+    from nst_model.options import NORMALIZED_SCALES, STYLE_BALANCES, STYLE_LOSS_SCALES, STYLE_LOSSES
     from nst_model.runner import Stylizer
     from nst_model.signatures import Servable
     from nst_model.vgg import load_weights
 
-    stylizer = Stylizer.from_module(Servable(StyleTransfer(load_weights(args.weights)[0])))
-    scales = {"reference": 1.0, "normalized": NORMALIZED_SCALE}
-    terms: dict[str, list[float]] = {balance: [] for balance in scales}
-    print(f"style term at the content image, style_weight 1, {args.max_dim} px")
-    print(f"{'content':<16} {'style':<22} {'reference':>10} {'normalized':>10} {'ratio':>10}")
+    stylizer = Stylizer.from_module(Servable(StyleTransfer(load_weights(args.weights)[0], style_losses=STYLE_LOSSES)))
+    kinds = [(loss, balance) for balance in STYLE_BALANCES for loss in STYLE_LOSSES]
+    scales = {"reference": STYLE_LOSS_SCALES, "normalized": NORMALIZED_SCALES}
+    ratios: dict[tuple[str, str], list[float]] = {kind: [] for kind in kinds}
+    print(f"style term at the content image, style_weight 1, {args.max_dim} px; ratio: reference gram / term")
+    print(
+        f"{'content':<16} {'style':<22}"
+        + "".join(f" {loss[:3] + '/' + balance[:4]:>10} {'ratio':>9}" for loss, balance in kinds)
+    )
     for content in args.contents:
         for style in args.styles:
-            for balance, scale in scales.items():
-                options = {"style_balance": balance, "style_weight": 1.0, "max_dim": args.max_dim}
-                result = stylizer.run(content, style, steps=0, progress=False, **options)
-                terms[balance].append(result.losses["style_loss"] / scale)
-            reference, normalized = terms["reference"][-1], terms["normalized"][-1]
-            ratio = reference / normalized
-            print(f"{content.name:<16} {style.name:<22} {reference:10.4g} {normalized:10.4g} {ratio:10.4g}")
-    ratios = np.array(terms["reference"]) / np.array(terms["normalized"])
-    print(f"scale {math.exp(np.log(ratios).mean()):.4g} (geometric mean of the ratios)")
-    for balance, values in terms.items():
-        print(f"{balance}: the style term spans x{max(values) / min(values):.2f} across the pairs")
+            terms = {}
+            for loss, balance in kinds:
+                options = {"style_loss": loss, "style_balance": balance, "style_weight": 1.0}
+                result = stylizer.run(content, style, steps=0, max_dim=args.max_dim, progress=False, **options)
+                terms[loss, balance] = result.losses["style_loss"] / scales[balance][loss]
+            row = ""
+            for kind in kinds:
+                ratios[kind].append(terms["gram", "reference"] / terms[kind])
+                row += f" {terms[kind]:10.4g} {ratios[kind][-1]:9.4g}"
+            print(f"{content.name:<16} {style.name:<22}" + row, flush=True)
+    for loss, balance in kinds:
+        values = np.array(ratios[loss, balance])
+        mean = math.exp(np.log(values).mean())
+        spread = values.max() / values.min()
+        print(
+            f"{loss} {balance}: scale {mean:.4g} (geometric mean; ratios {values.min():.4g} to "
+            f"{values.max():.4g}, x{spread:.2f})"
+        )
     return 0
 
 

@@ -8,7 +8,18 @@ import time
 
 from nst_client.cli import quiet_tensorflow
 from nst_client.quiet import hidden_stderr
-from nst_model.options import MAX_SIDE, MAX_STEPS, MIN_SIDE, PRECISIONS, Limits
+from nst_model.options import EXPORTED_STYLE_LOSSES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PRECISIONS, STYLE_LOSSES, Limits
+
+
+def style_losses(text: str) -> tuple[str, ...]:
+    """--style-losses: comma-separated names among STYLE_LOSSES."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in STYLE_LOSSES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"give style losses among {', '.join(STYLE_LOSSES)}, comma-separated; got {text!r}"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         default=MAX_STEPS,
         help=f"the most steps one call may run: bounds a call's duration (1 to {MAX_STEPS}; default {MAX_STEPS})",
     )
+    parser.add_argument(
+        "--style-losses",
+        type=style_losses,
+        default=EXPORTED_STYLE_LOSSES,
+        metavar="NAMES",
+        help=f"the style losses requests may choose, comma-separated among {','.join(STYLE_LOSSES)} "
+        f"(default {','.join(EXPORTED_STYLE_LOSSES)}): each adds to the seconds the server takes to prepare "
+        "a new kind of call, see docs/controls.md",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 1:
@@ -52,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         from nst_model.vgg import WeightsError
 
         try:
-            path = export(args.model_dir, args.version, args.weights, args.precision, limits)
+            path = export(args.model_dir, args.version, args.weights, args.precision, limits, args.style_losses)
             description = describe(path)
         except (WeightsError, FileExistsError) as e:
             problem = e

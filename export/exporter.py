@@ -19,7 +19,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from nst_client.contract import LIMITS, limits_line
 from nst_model.model import StyleTransfer
-from nst_model.options import DEFAULTS, MIN_SIDE, Limits
+from nst_model.options import DEFAULTS, EXPORTED_STYLE_LOSSES, MIN_SIDE, Limits
 from nst_model.runner import Stylizer
 from nst_model.session import ServingSession
 from nst_model.signatures import SIGNATURES, Servable
@@ -32,9 +32,11 @@ INFO_FILE = "export_info.json"
 def warmup_requests(model_name: str, servable: Servable) -> list[predict_pb2.PredictRequest]:
     """The calls tiny runs make (16 px images), recorded from the chunk loop itself: a single
     serving_default call, and for each optimiser a chunked run's decode call, its first pixels call
-    and a later one. The server prepares a Session executor for each set of inputs and outputs the
-    first time it meets it (seconds): replayed at load, these leave none to prepare later. Calls
-    with the same inputs and outputs as one already recorded are left out."""
+    and a later one; where the export holds more than one style loss, the same calls again naming
+    each (a request that sends `style_loss` is another set of inputs). The server prepares a
+    Session executor for each set of inputs and outputs the first time it meets it (seconds):
+    replayed at load, these leave none to prepare later. Calls with the same inputs and outputs as
+    one already recorded are left out."""
     pixels = np.random.default_rng(0).random((MIN_SIDE, MIN_SIDE, 3), dtype=np.float32)
     png = tf.io.encode_png(tf.image.convert_image_dtype(pixels, tf.uint8)).numpy()
     requests = []
@@ -56,10 +58,13 @@ def warmup_requests(model_name: str, servable: Servable) -> list[predict_pb2.Pre
         return in_process.call(signature, inputs, outputs)
 
     record = Stylizer(recording, in_process.defaults)
-    record.run(png, png, steps=1, max_dim=MIN_SIDE, chunk=0, progress=False)
-    for optimizer in ("lbfgs", "adam"):
-        options = {} if optimizer == DEFAULTS["optimizer"] else {"optimizer": optimizer}
-        record.run(png, png, steps=3, max_dim=MIN_SIDE, chunk=1, progress=False, **options)
+    held = servable.model.style_losses
+    for loss in (None, *(held if len(held) > 1 else ())):
+        named = {} if loss is None else {"style_loss": loss}
+        record.run(png, png, steps=1, max_dim=MIN_SIDE, chunk=0, progress=False, **named)
+        for optimizer in ("lbfgs", "adam"):
+            options = {} if optimizer == DEFAULTS["optimizer"] else {"optimizer": optimizer}
+            record.run(png, png, steps=3, max_dim=MIN_SIDE, chunk=1, progress=False, **named, **options)
     return requests
 
 
@@ -116,7 +121,8 @@ def describe(path: pathlib.Path) -> str:
         limits = {k: int(v) for k, v in session.run(LIMITS, {}, []).items()}
     finally:
         session.close()
-    return "\n".join([*lines, limits_line(limits)])
+    held = json.loads((path / "assets.extra" / INFO_FILE).read_text())["style_losses"]
+    return "\n".join([*lines, limits_line(limits), f"style losses: {', '.join(held)} (nst-export --style-losses)"])
 
 
 def _shown(value: np.ndarray) -> str:
@@ -140,9 +146,11 @@ def export(
     weights: str | os.PathLike | None = None,
     precision: str = "float32",
     limits: Limits | None = None,
+    style_losses: tuple[str, ...] = EXPORTED_STYLE_LOSSES,
 ) -> pathlib.Path:
     """Write, check and publish a new version; returns its folder. Never leaves a partial version.
-    `limits` (default: the model's own) are enforced by the graph and reported by `limits`."""
+    `limits` (default: the model's own) are enforced by the graph and reported by `limits`;
+    `style_losses` are those a request may choose (each costs the server time to prepare calls)."""
     limits = limits or Limits()
     if problem := limits.problem():
         raise ValueError(problem)
@@ -153,7 +161,7 @@ def export(
     if target.exists():
         raise FileExistsError(f"{target} already exists; pick another --version or leave it out")
     arrays, weights_path, weights_sha = load_weights(weights)
-    module = Servable(StyleTransfer(arrays, precision), limits)
+    module = Servable(StyleTransfer(arrays, precision, style_losses), limits)
     # A sibling folder whose name is not a number: the server's poller ignores it until the rename.
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}-staging-", dir=model_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
@@ -165,6 +173,7 @@ def export(
             "weights_file": weights_path.name,
             "weights_sha256": weights_sha,
             "precision": precision,
+            "style_losses": list(module.model.style_losses),
             "defaults": limits.defaults(),
             "limits": limits.as_dict(),
             "signatures": list(SIGNATURES),

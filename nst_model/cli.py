@@ -100,7 +100,9 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
             if args.model:
                 stylizer = load(args.model)
             else:
-                model = StyleTransfer(load_weights(args.weights)[0], resolve_precision(args.precision))
+                # The graph holds the one style loss this run uses: each other would only slow its set-up.
+                precision = resolve_precision(args.precision)
+                model = StyleTransfer(load_weights(args.weights)[0], precision, (options["style_loss"],))
                 stylizer = Stylizer.from_module(Servable(model))
             result = stylizer.run(
                 content,

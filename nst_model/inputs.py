@@ -281,14 +281,19 @@ def scaled_style(style: tf.Tensor, longest: tf.Tensor, max_side: int) -> tf.Tens
     return resize_longest_side(style, longest)
 
 
-def optional_vector(x: tf.Tensor, length: int, name: str, low: float | None = None) -> tf.Tensor:
-    """An optional vector input: empty, or `length` values >= `low`, finite."""
+def optional_vector(x: tf.Tensor, length: int | tf.Tensor, name: str, low: float | None = None) -> tf.Tensor:
+    """An optional vector input: empty, or `length` values >= `low`, finite. A tensor `length`
+    depends on the request (the style targets' on its style_loss)."""
     shape = runtime_shape(x)
     given = runtime_size(x) > 0
+    if tf.is_tensor(length):
+        message = [f"{name} must be empty or a vector of", length, "values (for this style_loss); got shape"]
+    else:
+        message = [f"{name} must be empty or a vector of {length} values; got shape"]
     x = require(
         x,
         tf.logical_not(given) | (tf.equal(tf.size(shape), 1) & tf.equal(runtime_size(x), length)),
-        f"{name} must be empty or a vector of {length} values; got shape",
+        *message,
         shape,
     )
     return tf.reshape(within(x, name, low), [-1])

@@ -1,8 +1,20 @@
-"""The terms of the objective, as pure functions of tensors."""
+"""The terms of the objective, as pure functions of tensors.
+
+Three style losses compare the image's features with the styles' at each style layer:
+- gram: the mean squared difference of Gram matrices (Gatys et al.; the reference's);
+- w2: the Wasserstein-2 distance between Gaussians fitted to the features (mean and covariance),
+  as crowsonkb/style-transfer-pytorch does, the matrix square roots by Newton-Schulz iterations;
+- sliced: the sliced Wasserstein distance of Heitz et al. (CVPR 2021): the features projected on
+  random directions, sorted, and compared with the style's sorted projections.
+Each has a "statistics" function (what a style contributes, blended linearly across styles) and a
+per-layer term; `layer_sum` weighs the layers the same way for all three.
+"""
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+from nst_model.options import SLICED_QUANTILES, W2_EPSILON, W2_ITERATIONS
 
 
 def gram(features: tf.Tensor) -> tf.Tensor:
@@ -15,25 +27,118 @@ def gram(features: tf.Tensor) -> tf.Tensor:
 # it the optimisation's path, matches the reference's.
 
 
-def style_loss(
-    grams: list[tf.Tensor],
-    targets: list[tf.Tensor],
-    weight: tf.Tensor,
-    layer_weights: tf.Tensor,
-    layer_scales: list[tf.Tensor],
-) -> tf.Tensor:
-    """Weighted mean over layers of the mean squared difference of Gram matrices, times `weight`.
+def layer_sum(terms: list[tf.Tensor], weight: tf.Tensor, layer_weights: tf.Tensor) -> tf.Tensor:
+    """Weighted mean over layers of the per-layer terms, times `weight`.
 
-    `layer_scales` multiply each layer's term (1 in the reference balance: x * 1.0 is x).
     `layer_weights` sum to 1. They are scaled by the layer count and the sum divided by it again,
     so that equal weights (0.2 * 5 == 1 exactly in float32) round as the reference's plain mean.
     """
-    count = len(grams)
-    per_layer = [
-        tf.reduce_mean(tf.square(g - t)) * s * (layer_weights[i] * count)
-        for i, (g, t, s) in enumerate(zip(grams, targets, layer_scales, strict=True))
-    ]
-    return tf.add_n(per_layer) * weight / count
+    count = len(terms)
+    return tf.add_n([t * (layer_weights[i] * count) for i, t in enumerate(terms)]) * weight / count
+
+
+def gram_term(image_gram: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.square(image_gram - target))
+
+
+# ---- Wasserstein-2 between Gaussians ---------------------------------------------------------------
+
+
+def mean_and_gram(features: tf.Tensor) -> list[tf.Tensor]:
+    """The features' mean [1, C] and second raw moment (the Gram matrix) [1, C, C]: unlike the
+    covariance, both blend linearly across styles."""
+    return [tf.reduce_mean(features, [1, 2]), gram(features)]
+
+
+def covariance(mean: tf.Tensor, second_moment: tf.Tensor) -> tf.Tensor:
+    """Covariance from mean and second moment, its diagonal lifted by W2_EPSILON: dead (all-zero)
+    channels would otherwise make it singular, and the square root's gradient unbounded."""
+    eye = tf.eye(tf.shape(mean)[-1], batch_shape=[1])
+    return second_moment - tf.einsum("bc,bd->bcd", mean, mean) + W2_EPSILON * eye
+
+
+def sqrtm(matrix: tf.Tensor) -> tf.Tensor:
+    """Square root of symmetric positive definite [1, C, C] matrices by W2_ITERATIONS coupled
+    Newton-Schulz iterations: plain matmuls, so it runs (and differentiates) in any graph."""
+    norm = tf.norm(matrix, axis=[-2, -1], keepdims=True)
+    eye = tf.eye(tf.shape(matrix)[-1], batch_shape=[1])
+
+    def iteration(y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        t = 0.5 * (3.0 * eye - z @ y)
+        return y @ t, t @ z
+
+    # A loop, not unrolled: the graph holds one iteration (and one of its gradient) per use.
+    y, _ = tf.while_loop(lambda *_: True, iteration, (matrix / norm, eye), maximum_iterations=W2_ITERATIONS)
+    return y * tf.sqrt(norm)
+
+
+def w2_target(mean: tf.Tensor, second_moment: tf.Tensor) -> list[tf.Tensor]:
+    """What the w2 term needs of the (blended) style: its mean and the square root of its covariance,
+    computed once per run rather than at every step."""
+    return [mean, sqrtm(covariance(mean, second_moment))]
+
+
+def w2_term(features: tf.Tensor, target_mean: tf.Tensor, target_root: tf.Tensor) -> tf.Tensor:
+    """Squared W2 distance between the Gaussians of the image's and the style's features, per channel:
+    |m - m_s|^2 + tr(S + S_s - 2 (S_s^1/2 S S_s^1/2)^1/2), both divided by C."""
+    mean, second_moment = mean_and_gram(features)
+    cov = covariance(mean, second_moment)
+    cross = sqrtm(target_root @ cov @ target_root)
+    traces = tf.linalg.trace(target_root @ target_root + cov - 2.0 * cross)
+    channels = tf.cast(tf.shape(mean)[-1], tf.float32)
+    return tf.reduce_mean(tf.square(mean - target_mean)) + tf.reduce_sum(traces) / channels
+
+
+def w2_size(target_mean: tf.Tensor, target_root: tf.Tensor) -> tf.Tensor:
+    """The w2 term of the style against all-zero features: |m_s|^2 + tr(S_s), both divided by C."""
+    channels = tf.cast(tf.shape(target_mean)[-1], tf.float32)
+    return tf.reduce_mean(tf.square(target_mean)) + tf.reduce_sum(tf.square(target_root)) / channels
+
+
+# ---- sliced Wasserstein -----------------------------------------------------------------------------
+
+
+def directions(channels: int, seed: tf.Tensor, layer: int) -> tf.Tensor:
+    """`channels` random unit directions [C, C] (one per column) for a layer, from the request's seed:
+    stateless, so the same request projects on the same directions in every call of a run. They stay
+    fixed for the run (Heitz et al. draw new ones each step), which keeps the objective deterministic,
+    as L-BFGS needs."""
+    d = tf.random.stateless_normal([channels, channels], seed=tf.stack([seed, layer + 1]))
+    return d / tf.norm(d, axis=0, keepdims=True)
+
+
+def sorted_projections(features: tf.Tensor, dirs: tf.Tensor) -> tf.Tensor:
+    """The features [1, H, W, C] projected on each direction and sorted: [C, H*W]."""
+    flat = tf.reshape(features, [-1, tf.shape(features)[-1]])
+    return tf.sort(tf.transpose(flat @ dirs), axis=-1)
+
+
+def resample(values: tf.Tensor, count: tf.Tensor | int) -> tf.Tensor:
+    """Sorted rows [C, M] resampled to `count` points by linear interpolation at evenly spaced
+    quantiles (pixel centres), so that distributions of different sizes compare point by point."""
+    size = tf.shape(values)[-1]
+    positions = (tf.range(count, dtype=tf.float32) + 0.5) * tf.cast(size, tf.float32) / tf.cast(count, tf.float32)
+    positions = tf.clip_by_value(positions - 0.5, 0.0, tf.cast(size - 1, tf.float32))
+    low = tf.cast(tf.floor(positions), tf.int32)
+    high = tf.minimum(low + 1, size - 1)
+    frac = positions - tf.cast(low, tf.float32)
+    return tf.gather(values, low, axis=-1) * (1.0 - frac) + tf.gather(values, high, axis=-1) * frac
+
+
+def sliced_target(features: tf.Tensor, dirs: tf.Tensor) -> list[tf.Tensor]:
+    """A style's sorted projections at SLICED_QUANTILES quantiles [C, Q]. Averaged across styles,
+    quantile functions give the Wasserstein barycentre of the styles along each direction."""
+    return [resample(sorted_projections(features, dirs), SLICED_QUANTILES)]
+
+
+def sliced_term(features: tf.Tensor, dirs: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """Mean squared difference between the image's sorted projections and the style's, the style's
+    resampled to the image's pixel count."""
+    projected = sorted_projections(features, dirs)
+    return tf.reduce_mean(tf.square(projected - resample(target, tf.shape(projected)[-1])))
+
+
+# ---- content and smoothness -------------------------------------------------------------------------
 
 
 def content_loss(features: tf.Tensor, target: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:

@@ -1,11 +1,12 @@
 """Gatys et al. style transfer, tensors in and tensors out: targets, objective, optimisation.
 
-Read top to bottom: a request's options become `Controls`; the styles give Gram-matrix targets and
-the content gives feature targets; the objective weighs style, content and total variation; an
-optimiser (projected L-BFGS by default, the reference's Adam on request) takes steps from a
-`State` that holds everything one request carries. Nothing lives in variables but VGG's weights,
-so concurrent requests on one server Session share nothing. `signatures.py` exposes this to the
-server: input lists, defaults and checks.
+Read top to bottom: a request's options become `Controls`; the styles give the style loss's targets
+(Gram matrices by default) and the content gives feature targets; the objective weighs style,
+content and total variation; an optimiser (projected L-BFGS by default, the reference's Adam on
+request) takes steps from a `State` that holds everything one request carries. Nothing lives in
+variables but VGG's weights, so concurrent requests on one server Session share nothing.
+`signatures.py` exposes this to the server: input lists, defaults and checks. The graph holds the
+style losses the model is built with (gram only by default: nst-export --style-losses).
 """
 
 from __future__ import annotations
@@ -21,20 +22,32 @@ from nst_model.adam import adam_step
 from nst_model.options import (
     COLORS,
     CONTENT_LAYERS,
+    EXPORTED_STYLE_LOSSES,
     INITS,
     NOISE_SCALE,
-    NORMALIZED_SCALE,
+    NORMALIZED_SCALES,
     OPTIMIZERS,
     POOLINGS,
+    SLICED_QUANTILES,
     STYLE_BALANCES,
     STYLE_LAYERS,
+    STYLE_LOSS_SCALES,
+    STYLE_LOSSES,
     STYLE_SCALE_RANGE,
 )
 from nst_model.vgg import BGR_MEANS, CHANNELS, VGG19, pools_before
 
 StyleAt = Callable[[tf.Tensor], tf.Tensor]  # style index -> that style's pixels [1, H, W, 3]
-GRAM_SIZES = tuple(CHANNELS[layer.split("_")[0]] for layer in STYLE_LAYERS)  # each Gram matrix is C x C
-STYLE_TARGETS_LENGTH = sum(c * c for c in GRAM_SIZES)  # the Gram targets, packed in one vector
+LAYER_CHANNELS = tuple(CHANNELS[layer.split("_")[0]] for layer in STYLE_LAYERS)
+# What each style loss keeps of the styles, per style layer, packed in one vector for the state:
+# gram the Gram matrices; w2 the mean and the square root of the covariance; sliced the quantiles
+# of the sorted projections.
+TARGET_SHAPES = {
+    "gram": [(1, c, c) for c in LAYER_CHANNELS],
+    "w2": [shape for c in LAYER_CHANNELS for shape in ((1, c), (1, c, c))],
+    "sliced": [(c, SLICED_QUANTILES) for c in LAYER_CHANNELS],
+}
+TARGET_LENGTHS = {loss: sum(int(np.prod(s)) for s in shapes) for loss, shapes in TARGET_SHAPES.items()}
 
 
 class Losses(typing.NamedTuple):
@@ -45,19 +58,21 @@ class Losses(typing.NamedTuple):
 
 
 class Targets(typing.NamedTuple):
-    style_grams: list[tf.Tensor]  # the blend of the styles' Gram matrices [1, C, C], per style layer
+    style: tf.Tensor  # the blend of the styles' statistics, packed as TARGET_SHAPES[style loss]
     content_features: tf.Tensor  # the content's features at the chosen content layer [1, h, w, C]
 
 
 class Controls(typing.NamedTuple):
     """One request's validated options, as the algorithm uses them."""
 
-    weights: dict[str, tf.Tensor]  # style_weight (scaled for the balance), content_weight, tv_weight, learning_rate
+    # style_weight (scaled for the style loss and balance), content_weight, tv_weight, learning_rate
+    weights: dict[str, tf.Tensor]
     style_scale: tf.Tensor
     style_weights: tf.Tensor  # as given: checked against the styles only where targets are computed
     layer_weights: tf.Tensor  # [len(STYLE_LAYERS)], sums to 1
     content_layer: tf.Tensor  # index into CONTENT_LAYERS
     avg_pool: tf.Tensor
+    style_loss: tf.Tensor  # index into the model's style_losses (those its graph holds)
     normalized: tf.Tensor  # style_balance is "normalized"
     colors: tf.Tensor  # index into COLORS; preserve_colors is "swap"
     init: tf.Tensor  # index into INITS
@@ -82,10 +97,20 @@ class State(typing.NamedTuple):
     lbfgs_losses: tf.Tensor  # [4] the Losses at `image`, or empty
 
 
-def validate(options: dict[str, tf.Tensor]) -> Controls:
-    """The checked form of every option but steps and max_dim; bad values fail the run."""
+def validate(options: dict[str, tf.Tensor], style_losses: tuple[str, ...] = EXPORTED_STYLE_LOSSES) -> Controls:
+    """The checked form of every option but steps and max_dim; bad values fail the run. A style
+    loss not among `style_losses` (those the graph holds) is refused with how to export it."""
+    style_loss = inputs.choice(options["style_loss"], "style_loss", STYLE_LOSSES)
+    style_loss = inputs.require(
+        style_loss,
+        tf.gather([n in style_losses for n in STYLE_LOSSES], style_loss),
+        f"this export holds the style losses {', '.join(style_losses)} only; got",
+        tf.gather(STYLE_LOSSES, style_loss),
+        f"(export with nst-export --style-losses {','.join(STYLE_LOSSES)} to offer every one)",
+    )
     balance = inputs.choice(options["style_balance"], "style_balance", STYLE_BALANCES)
     normalized = tf.equal(balance, STYLE_BALANCES.index("normalized"))
+    table = [[STYLE_LOSS_SCALES[n] for n in STYLE_LOSSES], [NORMALIZED_SCALES[n] for n in STYLE_LOSSES]]
     colors = inputs.choice(options["colors"], "colors", COLORS)
     preserve = inputs.scalar(options["preserve_colors"], "preserve_colors")
     colors = inputs.require(
@@ -95,9 +120,9 @@ def validate(options: dict[str, tf.Tensor]) -> Controls:
     )
     return Controls(
         weights={
-            # In the reference balance the factor is 1, and x * 1.0 is x: the reference's rounding.
+            # For gram in the reference balance the factor is 1, and x * 1.0 is x: the reference's rounding.
             "style_weight": inputs.non_negative(options["style_weight"], "style_weight")
-            * tf.where(normalized, NORMALIZED_SCALE, 1.0),
+            * tf.gather_nd(table, tf.stack([balance, style_loss])),
             "content_weight": inputs.non_negative(options["content_weight"], "content_weight"),
             "tv_weight": inputs.non_negative(options["tv_weight"], "tv_weight"),
             "learning_rate": inputs.non_negative(options["learning_rate"], "learning_rate", positive=True),
@@ -109,6 +134,7 @@ def validate(options: dict[str, tf.Tensor]) -> Controls:
         ),
         content_layer=inputs.choice(options["content_layer"], "content_layer", CONTENT_LAYERS),
         avg_pool=tf.equal(inputs.choice(options["pooling"], "pooling", POOLINGS), POOLINGS.index("avg")),
+        style_loss=tf.gather([style_losses.index(n) if n in style_losses else 0 for n in STYLE_LOSSES], style_loss),
         normalized=normalized,
         colors=tf.where(preserve, COLORS.index("swap"), colors),
         init=inputs.choice(options["init"], "init", INITS),
@@ -125,18 +151,21 @@ def content_features_shape(content: tf.Tensor, layer: tf.Tensor) -> tf.Tensor:
     return tf.concat([[1], sides, [channels]], 0)
 
 
-def pack_grams(grams: list[tf.Tensor]) -> tf.Tensor:
-    """The Gram targets as one vector, for the resumable state."""
-    return tf.concat([tf.reshape(g, [-1]) for g in grams], 0)
+def pack(parts: list[tf.Tensor]) -> tf.Tensor:
+    """Style targets as one vector, for the resumable state."""
+    return tf.concat([tf.reshape(p, [-1]) for p in parts], 0)
 
 
-def unpack_grams(vector: tf.Tensor) -> list[tf.Tensor]:
-    """The Gram targets from `pack_grams`'s vector. Called in a tf.cond branch that runs only when
-    the vector is given: it is padded, not reshaped, to its length, because Grappler infers the
-    shape of a tensor from a reshape in any branch, and would take an empty vector for a full one."""
-    vector = tf.concat([vector, tf.zeros([STYLE_TARGETS_LENGTH])], 0)[:STYLE_TARGETS_LENGTH]
-    parts = tf.split(vector, [c * c for c in GRAM_SIZES])
-    return [tf.reshape(p, [1, c, c]) for p, c in zip(parts, GRAM_SIZES, strict=True)]
+def unpack(vector: tf.Tensor, loss: str) -> list[tf.Tensor]:
+    """The style targets of `loss` from `pack`'s vector. It is padded, not reshaped, to its length:
+    it is called in branches that do not run for other losses (or for an empty vector), and
+    Grappler infers the shape of a tensor from a reshape in any branch. The padding depends on the
+    fed size, so that Grappler does not fold it into a constant of the targets' size per use."""
+    length, shapes = TARGET_LENGTHS[loss], TARGET_SHAPES[loss]
+    missing = tf.maximum(length - inputs.runtime_size(vector), 0)
+    vector = tf.pad(vector, [[0, missing]])[:length]
+    parts = tf.split(vector, [int(np.prod(s)) for s in shapes])
+    return [tf.reshape(p, s) for p, s in zip(parts, shapes, strict=True)]
 
 
 def noise_image(content: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -176,14 +205,34 @@ def initial_state(content: tf.Tensor, first_style: Callable[[], tf.Tensor], cont
 class StyleTransfer(tf.Module):
     """Gatys et al. style transfer with the TF2 tutorial's objective, on VGG19 held in variables."""
 
-    def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]], precision: str = "float32"):
+    def __init__(
+        self,
+        weights: dict[str, tuple[np.ndarray, np.ndarray]],
+        precision: str = "float32",
+        style_losses: tuple[str, ...] = EXPORTED_STYLE_LOSSES,
+    ):
         super().__init__(name="style_transfer")
         self.vgg = VGG19(weights, precision)
+        unknown = set(style_losses) - set(STYLE_LOSSES)
+        if unknown or not style_losses:
+            raise ValueError(f"style losses must be among {', '.join(STYLE_LOSSES)}; got {', '.join(style_losses)}")
+        self.style_losses = tuple(n for n in STYLE_LOSSES if n in style_losses)  # the graph holds these only
+
+    def by_style_loss(self, index: tf.Tensor, branches: dict[str, Callable[[], tf.Tensor]]) -> tf.Tensor:
+        """The branch of the request's style loss, among those the graph holds (no switch for one)."""
+        held = [branches[n] for n in self.style_losses]
+        return held[0]() if len(held) == 1 else tf.switch_case(index, held)
+
+    def target_length(self, index: tf.Tensor) -> int | tf.Tensor:
+        """The length of the packed style targets of the request's style loss."""
+        lengths = [TARGET_LENGTHS[n] for n in self.style_losses]
+        return lengths[0] if len(lengths) == 1 else tf.gather(lengths, index)
 
     def targets(
         self, content: tf.Tensor, style_at: StyleAt, num_styles: tf.Tensor, controls: Controls, max_side: int
     ) -> Targets:
-        """The blend of the styles' Gram matrices, and the content's features at the chosen layer.
+        """The blend of the styles' statistics for the style loss, and the content's features at the
+        chosen layer.
 
         Each style is first resized to style_scale times the content's longest side, so the scale
         of its brush strokes relative to the content is the user's choice, not the files'; a scaled
@@ -197,29 +246,69 @@ class StyleTransfer(tf.Module):
         longest = tf.reduce_max(tf.shape(content)[1:3])
         longest = tf.cast(tf.round(controls.style_scale * tf.cast(longest, tf.float32)), tf.int32)
 
-        def add_style(i, grams):
-            style = colors.prepare_style(style_at(i), content, controls.colors)
-            features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
-            return i + 1, [g + blend[i] * losses.gram(features[n]) for g, n in zip(grams, STYLE_LAYERS, strict=True)]
+        def blended(statistics: Callable[[int, tf.Tensor], list[tf.Tensor]], shapes: list[tuple]) -> list[tf.Tensor]:
+            """The blend over styles of `statistics(layer index, features)`, per style layer."""
 
-        zeros = [tf.zeros([1, c, c]) for c in GRAM_SIZES]
-        _, grams = tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), zeros))
+            def add_style(i, sums):
+                style = colors.prepare_style(style_at(i), content, controls.colors)
+                features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
+                parts = [p for k, n in enumerate(STYLE_LAYERS) for p in statistics(k, features[n])]
+                return i + 1, [total + blend[i] * part for total, part in zip(sums, parts, strict=True)]
+
+            zeros = [tf.zeros(shape) for shape in shapes]
+            return tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), zeros))[1]
+
+        def gram() -> tf.Tensor:
+            return pack(blended(lambda _, f: [losses.gram(f)], TARGET_SHAPES["gram"]))
+
+        def w2() -> tf.Tensor:
+            moments = blended(lambda _, f: losses.mean_and_gram(f), TARGET_SHAPES["w2"])
+            return pack([p for k in range(len(STYLE_LAYERS)) for p in losses.w2_target(*moments[2 * k : 2 * k + 2])])
+
+        def sliced() -> tf.Tensor:
+            def quantiles(k: int, features: tf.Tensor) -> list[tf.Tensor]:
+                return losses.sliced_target(features, losses.directions(LAYER_CHANNELS[k], controls.seed, k))
+
+            return pack(blended(quantiles, TARGET_SHAPES["sliced"]))
+
+        style = self.by_style_loss(controls.style_loss, {"gram": gram, "w2": w2, "sliced": sliced})
         features = self.vgg(colors.for_vgg(content, controls.colors), CONTENT_LAYERS, controls.avg_pool)
         chosen = tf.switch_case(controls.content_layer, [lambda f=features[n]: f for n in CONTENT_LAYERS])
-        return Targets(grams, chosen)
+        return Targets(style, chosen)
 
     def objective(self, image: tf.Tensor, targets: Targets, controls: Controls) -> Losses:
         weights = controls.weights
         seen = colors.for_vgg(image, controls.colors)
         features = self.vgg(seen, (*STYLE_LAYERS, *CONTENT_LAYERS), controls.avg_pool)
 
-        grams = [losses.gram(features[n]) for n in STYLE_LAYERS]
-        # With style_balance=normalized each layer's term is relative to the size of its target.
-        scales = [
-            tf.where(controls.normalized, 1.0 / tf.maximum(tf.reduce_mean(tf.square(t)), 1e-30), 1.0)
-            for t in targets.style_grams
-        ]
-        style = losses.style_loss(grams, targets.style_grams, weights["style_weight"], controls.layer_weights, scales)
+        styled = [features[n] for n in STYLE_LAYERS]
+
+        def weighed(terms: list[tf.Tensor], sizes: list[tf.Tensor]) -> tf.Tensor:
+            """The layers' terms summed; with style_balance=normalized each relative to its target's
+            size (in the reference balance the factor is 1, and x * 1.0 is x: the reference's rounding)."""
+            factors = [tf.where(controls.normalized, 1.0 / tf.maximum(size, 1e-30), 1.0) for size in sizes]
+            terms = [t * f for t, f in zip(terms, factors, strict=True)]
+            return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
+
+        def gram() -> tf.Tensor:
+            parts = unpack(targets.style, "gram")
+            terms = [losses.gram_term(losses.gram(f), t) for f, t in zip(styled, parts, strict=True)]
+            return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
+
+        def w2() -> tf.Tensor:
+            parts = unpack(targets.style, "w2")
+            terms = [losses.w2_term(f, parts[2 * k], parts[2 * k + 1]) for k, f in enumerate(styled)]
+            return weighed(terms, [losses.w2_size(parts[2 * k], parts[2 * k + 1]) for k in range(len(styled))])
+
+        def sliced() -> tf.Tensor:
+            parts = unpack(targets.style, "sliced")
+            terms = [
+                losses.sliced_term(f, losses.directions(LAYER_CHANNELS[k], controls.seed, k), parts[k])
+                for k, f in enumerate(styled)
+            ]
+            return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
+
+        style = self.by_style_loss(controls.style_loss, {"gram": gram, "w2": w2, "sliced": sliced})
         content = tf.switch_case(
             controls.content_layer,
             [

@@ -22,12 +22,21 @@ PRECISIONS = ("float32", "bfloat16")  # of the VGG arithmetic, chosen at export 
 INITS = ("content", "noise", "style")
 OPTIMIZERS = ("adam", "lbfgs")
 POOLINGS = ("max", "avg")
-# reference: the Gram loss as it is, so a style shows as strongly as its features are large;
-# normalized: each layer's term divided by the size of that style's own Gram target at that layer.
+STYLE_LOSSES = ("gram", "w2", "sliced")  # see nst_model/losses.py
+# The style losses an export holds unless nst-export --style-losses says otherwise: each of w2 and
+# sliced adds its gradient to the graph, and together they triple the seconds the server spends
+# preparing each new kind of call (docs/controls.md), so an operator opts in to them.
+EXPORTED_STYLE_LOSSES = ("gram",)
+# What `style_weight` is multiplied by for each style loss, so that the default weight gives each
+# loss about the strength the reference's weight gives the Gram loss (docs/controls.md: how measured).
+STYLE_LOSS_SCALES = {"gram": 1.0, "w2": 1.8e5, "sliced": 4.8e5}
+# reference: the losses as they are, so a style shows as strongly as its features are large;
+# normalized: each layer's term divided by the size of that style's own target at that layer.
 STYLE_BALANCES = ("reference", "normalized")
-# What style_weight is multiplied by under style_balance=normalized, so that the default weight gives
-# an average style the reference's strength (benchmarks/style_scales.py; docs/controls.md).
-NORMALIZED_SCALE = 1.6e10
+NORMALIZED_SCALES = {"gram": 1.6e10, "w2": 2.8e10, "sliced": 6.8e10}  # the same, for style_balance=normalized
+W2_ITERATIONS = 12  # Newton-Schulz iterations per matrix square root (crowsonkb's count)
+W2_EPSILON = 1e-4  # added to the covariances' diagonals (crowsonkb's): keeps them invertible
+SLICED_QUANTILES = 1024  # points of each style's quantile function per direction, carried in the state
 # style: the style's colours; swap: the result's luminance with the content's colours (= preserve_colors);
 # histogram: the style recoloured to the content's colour mean and covariance before the run;
 # luminance: the run sees luminance only and the content's colours are put back at the end.
@@ -171,12 +180,20 @@ OPTIONS: tuple[Option, ...] = (
         length=None,
     ),
     Option(
+        "style_loss",
+        "string",
+        "gram",
+        "how the style is compared: gram (Gram matrices, the reference's), w2 (Wasserstein-2 between the features' "
+        "Gaussians), sliced (sliced Wasserstein: sorted random projections, directions from seed)",
+        choices=STYLE_LOSSES,
+    ),
+    Option(
         "style_balance",
         "string",
         "reference",
-        "reference: the Gram loss as it is, under which a style with larger features shows more strongly; "
-        "normalized: each style layer's term relative to the style's own Gram target there, so that one "
-        "style_weight gives about the same strength whatever the style",
+        "reference: the losses' own scale, under which a style with larger features shows more strongly; "
+        "normalized: each style layer's term relative to the style's own target there, so that one style_weight "
+        "gives about the same strength whatever the style",
         choices=STYLE_BALANCES,
     ),
     Option(

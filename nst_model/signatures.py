@@ -23,15 +23,12 @@ import tensorflow as tf
 
 from nst_model import decoders, inputs, lbfgs
 from nst_model.model import (
-    STYLE_TARGETS_LENGTH,
     State,
     StyleAt,
     StyleTransfer,
     Targets,
     content_features_shape,
     initial_state,
-    pack_grams,
-    unpack_grams,
     validate,
 )
 from nst_model.options import BY_NAME, DEFAULTS, MAX_STEPS, MIN_SIDE, PIXELS_OPTIONS, Limits
@@ -143,6 +140,7 @@ class Servable(tf.Module):
         optimizer=_D["optimizer"],
         style_scale=_D["style_scale"],
         style_weights=_D["style_weights"],
+        style_loss=_D["style_loss"],
         style_balance=_D["style_balance"],
         colors=_D["colors"],
         preserve_colors=_D["preserve_colors"],
@@ -156,7 +154,7 @@ class Servable(tf.Module):
 
         `style` is one encoded image or a vector of them, blended by `style_weights`.
         """
-        controls = validate(_options(locals()))
+        controls = validate(_options(locals()), self.model.style_losses)
         steps = self._steps(steps)
         content = inputs.working_size(self._decode_image(content, max_dim, "content"), "content", self.bounds.max_side)
         styles = inputs.encoded_styles(style, "style")
@@ -182,6 +180,7 @@ class Servable(tf.Module):
         optimizer=_D["optimizer"],
         style_scale=_D["style_scale"],
         style_weights=_D["style_weights"],
+        style_loss=_D["style_loss"],
         style_balance=_D["style_balance"],
         colors=_D["colors"],
         preserve_colors=_D["preserve_colors"],
@@ -210,7 +209,7 @@ class Servable(tf.Module):
         styles); the state outputs (see model.State) are the raw optimised image, before any
         preserve_colors (which applies to `image_bytes` only), and each optimiser's own state.
         """
-        controls = validate(_options(locals()))
+        controls = validate(_options(locals()), self.model.style_losses)
         steps = self._steps(steps)
         content = inputs.working_size(inputs.pixels(content, "content"), "content", self.bounds.max_side)
 
@@ -223,11 +222,13 @@ class Servable(tf.Module):
 
             return crop, tf.shape(batch)[0]
 
-        grams = inputs.optional_vector(style_targets, STYLE_TARGETS_LENGTH, "style_targets", 0.0)
+        known_style = inputs.optional_vector(
+            style_targets, self.model.target_length(controls.style_loss), "style_targets"
+        )
         features = inputs.optional_features(
             content_target, content_features_shape(content, controls.content_layer), "content_target"
         )
-        given = inputs.runtime_size(grams) > 0
+        given = inputs.runtime_size(known_style) > 0
         given = inputs.require(
             given,
             tf.equal(given, inputs.runtime_size(features) > 0),
@@ -235,7 +236,7 @@ class Servable(tf.Module):
         )
         targets = tf.cond(
             given,
-            lambda: Targets(unpack_grams(grams), features),
+            lambda: Targets(known_style, features),
             lambda: self.model.targets(content, *styles(), controls, self.bounds.max_side),
         )
         start = initial_state(content, lambda: styles()[0](0), controls)
@@ -246,7 +247,7 @@ class Servable(tf.Module):
             "image_bytes": png,
             **terms._asdict(),
             **state._asdict(),
-            "style_targets": pack_grams(targets.style_grams),
+            "style_targets": targets.style,
             "content_target": targets.content_features,
         }
 

@@ -6,8 +6,8 @@
 e.g. with ../shared/images/content/tubingen.jpg, ../shared/images/style/starry_night.jpg and
 ../shared/images/style/the_scream.jpg. One tile per setting, labelled: the defaults, style scale 0.5
 and 2, original colours, noise init, average pooling, content layer block4_conv2 and, with a second
-style, blends 7:3 and 3:7; then the normalized style balance and the colour methods (histogram,
-luminance). `--only` picks some tiles by label; `--set NAME=VALUE` changes
+style, blends 7:3 and 3:7; then the style losses (w2, sliced) and balances (normalized), and the
+colour methods (histogram, luminance). `--only` picks some tiles by label; `--set NAME=VALUE` changes
 an option for every tile (e.g. --set style_weight=0.1); `--reference IMAGE` adds another
 implementation's result (../shared/images/reference/) beside them. Each tile is one run of the model in this process
 (`--model DIR` runs an exported SavedModel instead); the CPU takes minutes per tile at 512 px.
@@ -35,6 +35,10 @@ SINGLE_STYLE: tuple[Variant, ...] = (
     ("pooling avg", {"pooling": "avg"}),
     ("content_layer block4_conv2", {"content_layer": "block4_conv2"}),
     ("gram normalized", {"style_balance": "normalized"}),
+    ("w2", {"style_loss": "w2"}),
+    ("w2 normalized", {"style_loss": "w2", "style_balance": "normalized"}),
+    ("sliced", {"style_loss": "sliced"}),
+    ("sliced normalized", {"style_loss": "sliced", "style_balance": "normalized"}),
     ("colors histogram", {"colors": "histogram"}),
     ("colors luminance", {"colors": "luminance"}),
 )
@@ -103,15 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     from nst_model.signatures import Servable
     from nst_model.vgg import load_weights
 
+    common = {"max_dim": args.max_dim, "steps": args.steps, **dict(args.set)}
+    chosen = variants(len(args.styles) == 2, args.only)
     if args.model:
         stylizer = load(args.model)
-    else:
-        stylizer = Stylizer.from_module(Servable(StyleTransfer(load_weights(args.weights)[0], args.precision)))
-    common = {"max_dim": args.max_dim, "steps": args.steps, **dict(args.set)}
+    else:  # a graph holding the style losses the tiles use, and no other
+        used = tuple({o.get("style_loss", common.get("style_loss", "gram")) for _, o in chosen})
+        model = StyleTransfer(load_weights(args.weights)[0], args.precision, used)
+        stylizer = Stylizer.from_module(Servable(model))
     height = args.max_dim
     shown = (args.content, *args.styles, *args.reference)
     tiles = [tile(PIL.Image.open(p), pathlib.Path(p).name, height) for p in shown]
-    for label, options in variants(len(args.styles) == 2, args.only):
+    for label, options in chosen:
         started = time.perf_counter()
         styles = args.styles if "style_weights" in options else args.styles[:1]
         result = stylizer.run(args.content, styles, chunk=0, progress=False, **{**common, **options})

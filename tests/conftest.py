@@ -86,6 +86,19 @@ def exported(tmp_path_factory, weights_file) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def serving_all_losses(tmp_path_factory, weights_file) -> ServingSession:
+    """A model exported with every style loss (nst-export --style-losses gram,w2,sliced), loaded the
+    server's way."""
+    from nst_export.exporter import export
+    from nst_model.options import STYLE_LOSSES
+
+    path = export(tmp_path_factory.mktemp("models") / "nst", weights=weights_file, style_losses=STYLE_LOSSES)
+    session = ServingSession(path)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
 def serving(exported) -> ServingSession:
     """The exported model loaded the server's way (TF1 Session, signature tensor names)."""
     session = ServingSession(exported)
