@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_controls import CONTENT, STYLE_A, decode, feed, stylize
+from test_controls import CONTENT, STYLE_A, STYLE_B, decode, feed, stylize
 
 from nst_client.errors import clean_message
 from nst_model import losses
@@ -168,3 +168,12 @@ def test_nst_export_refuses_unknown_style_losses_in_one_line(tmp_path, capsys, v
     message = f"give style losses among gram, w2, sliced, comma-separated; got {value!r}"
     assert capsys.readouterr().err.splitlines()[-1].endswith(message)
     assert not (tmp_path / "nst").exists()
+
+
+@pytest.mark.parametrize("loss", ["w2", "sliced"])
+def test_a_blend_of_one_style_is_that_style_for_each_loss(serving_all_losses, loss):
+    alone = stylize(serving_all_losses, style_loss=loss)["image_bytes"]
+    blended = stylize(serving_all_losses, [STYLE_A, STYLE_B], style_loss=loss, style_weights=(1.0, 0.0))
+    mixed = stylize(serving_all_losses, [STYLE_A, STYLE_B], style_loss=loss)
+    assert blended["image_bytes"] == alone
+    assert mixed["image_bytes"] != alone
