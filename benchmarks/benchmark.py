@@ -364,6 +364,7 @@ def report(results: dict) -> str:
     lines = [
         f"project {results['project']['path']} at {results['project']['revision']}",
         f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; TensorFlow {m['tensorflow']}",
+        f"CPU flags: {' '.join(m.get('isa', [])) or 'no AVX-512 or AMX'} (figures compare only within one run)",
         f"matmul {results['matmul'].get('n')}^2 (median of 5): "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()),
         results["flop_formula"],
