@@ -33,6 +33,7 @@ WORKERS = HERE / "workers.py"
 PROJECT_ENV = "NST_BENCHMARK_PROJECT"  # workers.py imports nst_model from this checkout when set
 WEIGHTS_ENV = "NST_VGG19_WEIGHTS"  # the project's variable (nst_model.vgg.WEIGHTS_ENV)
 
+REFERENCE_OBJECTIVE = {"style_balance": "reference"}  # fed to every model run (an older export drops it)
 PRESETS: dict[str, dict] = {
     "full": {"sizes": [256, 512, 1024], "steps": 3, "repeats": 3, "quality_size": 512, "quality_steps": 1000},
     "quick": {"sizes": [256, 512], "steps": 3, "repeats": 3, "quality_size": 256, "quality_steps": 50},
@@ -209,7 +210,7 @@ def step_times(run: Runner, args: argparse.Namespace, prepared: dict, pixels_dir
                 "session_steps",
                 f"session-{precision}-{size}px",
                 model_path=model["path"],
-                options={"optimizer": "adam"},
+                options={**REFERENCE_OBJECTIVE, "optimizer": "adam"},
                 **common,
             )
         rows.append(
@@ -240,7 +241,8 @@ def time_to_quality(run: Runner, args: argparse.Namespace, prepared: dict, pixel
     target = reference["final_loss"] * (1 + args.quality_rtol)
     for precision, model in prepared["models"].items():
         for optimizer in args.quality_optimizers:
-            options = {} if optimizer == "default" else {"optimizer": optimizer}
+            # The reference's objective: its style balance, whatever the export's default.
+            options = {**REFERENCE_OBJECTIVE, **({} if optimizer == "default" else {"optimizer": optimizer})}
             outcome = run(
                 "session_quality",
                 f"quality-session-{precision}-{optimizer}",

@@ -31,7 +31,8 @@ EXPORTED_STYLE_LOSSES = ("gram",)
 # loss about the strength the reference's weight gives the Gram loss (docs/controls.md: how measured).
 STYLE_LOSS_SCALES = {"gram": 1.0, "w2": 1.8e5, "sliced": 4.8e5}
 # reference: the losses as they are, so a style shows as strongly as its features are large;
-# normalized: each layer's term divided by the size of that style's own target at that layer.
+# normalized (the default, chosen from a contact sheet of the 12 shared pairs: docs/controls.md):
+# each layer's term divided by the size of that style's own target at that layer.
 STYLE_BALANCES = ("reference", "normalized")
 NORMALIZED_SCALES = {"gram": 1.6e10, "w2": 2.8e10, "sliced": 6.8e10}  # the same, for style_balance=normalized
 W2_ITERATIONS = 12  # Newton-Schulz iterations per matrix square root (crowsonkb's count)
@@ -190,7 +191,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "style_balance",
         "string",
-        "reference",
+        "normalized",
         "reference: the losses' own scale, under which a style with larger features shows more strongly; "
         "normalized: each style layer's term relative to the style's own target there, so that one style_weight "
         "gives about the same strength whatever the style",

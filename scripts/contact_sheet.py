@@ -6,7 +6,7 @@
 e.g. with ../shared/images/content/tubingen.jpg, ../shared/images/style/starry_night.jpg and
 ../shared/images/style/the_scream.jpg. One tile per setting, labelled: the defaults, style scale 0.5
 and 2, original colours, noise init, average pooling, content layer block4_conv2 and, with a second
-style, blends 7:3 and 3:7; then the style losses (w2, sliced) and balances (normalized), and the
+style, blends 7:3 and 3:7; then the style losses (w2, sliced) and balances (reference, normalized), and the
 colour methods (histogram, luminance). `--only` picks some tiles by label; `--set NAME=VALUE` changes
 an option for every tile (e.g. --set style_weight=0.1); `--reference IMAGE` adds another
 implementation's result (../shared/images/reference/) beside them. Each tile is one run of the model in this process
@@ -34,10 +34,11 @@ SINGLE_STYLE: tuple[Variant, ...] = (
     ("init noise", {"init": "noise"}),
     ("pooling avg", {"pooling": "avg"}),
     ("content_layer block4_conv2", {"content_layer": "block4_conv2"}),
+    ("gram reference", {"style_balance": "reference"}),  # the tutorial's balance
     ("gram normalized", {"style_balance": "normalized"}),
-    ("w2", {"style_loss": "w2"}),
+    ("w2 reference", {"style_loss": "w2", "style_balance": "reference"}),
     ("w2 normalized", {"style_loss": "w2", "style_balance": "normalized"}),
-    ("sliced", {"style_loss": "sliced"}),
+    ("sliced reference", {"style_loss": "sliced", "style_balance": "reference"}),
     ("sliced normalized", {"style_loss": "sliced", "style_balance": "normalized"}),
     ("colors histogram", {"colors": "histogram"}),
     ("colors luminance", {"colors": "luminance"}),

@@ -85,4 +85,5 @@ def test_the_normalized_balance_evens_out_style_strength(serving):
     reference = term(strong, "reference") / term(faint, "reference")
     normalized = term(strong, "normalized") / term(faint, "normalized")
     assert reference > 3 * normalized
-    assert stylize(serving, style_balance="reference")["image_bytes"] == stylize(serving)["image_bytes"]
+    assert stylize(serving, style_balance="normalized")["image_bytes"] == stylize(serving)["image_bytes"]  # the default
+    assert stylize(serving, style_balance="reference")["image_bytes"] != stylize(serving)["image_bytes"]

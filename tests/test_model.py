@@ -18,6 +18,7 @@ from nst_model.session import ServingSession
 
 STEPS = 10
 ADAM = np.array(b"adam", object)  # the reference's optimiser (the default is L-BFGS)
+REFERENCE = np.array(b"reference", object)  # the reference's style balance (the default is normalized)
 
 
 def run_default(serving: ServingSession, content: bytes, style: bytes, **feeds) -> dict:
@@ -56,7 +57,7 @@ def test_each_step_matches_the_reference_tutorial_loop(serving, weights_file, co
     """
     content, style = decode(serving, content_png, 64), decode(serving, style_png, 64)
     reference = Reference(weights_file, content, style)
-    feeds = {"content": content, "style": style, "steps": np.int32(1), "optimizer": ADAM}
+    feeds = {"content": content, "style": style, "steps": np.int32(1), "optimizer": ADAM, "style_balance": REFERENCE}
     for _ in range(STEPS):
         image = reference.image.numpy()
         if int(reference.opt.iterations) == 0:
@@ -84,7 +85,10 @@ def test_free_run_matches_the_reference_losses(serving, weights_file, content_pn
     content, style = decode(serving, content_png, 64), decode(serving, style_png, 64)
     reference = Reference(weights_file, content, style)
     expected = [float(x) for x in reference.loss(tf.constant(reference.run(STEPS)))]
-    out = serving.run("pixels", {"content": content, "style": style, "steps": np.int32(STEPS), "optimizer": ADAM})
+    out = serving.run(
+        "pixels",
+        {"content": content, "style": style, "steps": np.int32(STEPS), "optimizer": ADAM, "style_balance": REFERENCE},
+    )
     got = [float(out[k]) for k in ("loss", "style_loss", "content_loss", "tv_loss")]
     np.testing.assert_allclose(got, expected, rtol=0.02)
     assert expected[0] < 0.95 * float(reference.loss(tf.constant(content))[0])
