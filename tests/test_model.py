@@ -24,7 +24,8 @@ REFERENCE = np.array(b"reference", object)  # the reference's style balance (the
 def run_default(serving: ServingSession, content: bytes, style: bytes, **feeds) -> dict:
     inputs = {"content": np.array(content, object), "style": np.array(style, object)}
     for name, value in feeds.items():
-        inputs[name] = np.array(value, np.int32 if name in ("steps", "max_dim") else np.float32)
+        dtype = object if isinstance(value, str) else np.int32 if name in ("steps", "max_dim") else np.float32
+        inputs[name] = np.array(value, dtype)
     return serving.run("serving_default", inputs)
 
 
@@ -251,8 +252,9 @@ def _low_frequency_luma(png: bytes) -> np.ndarray:
 
 
 def test_real_weights_transfer_style_and_keep_content(real_weights, tmp_path):
-    """ImageNet VGG19, a photo and a painting: 50 steps at 128 px cut the style loss tenfold
-    (measured: 17x) and keep the scene (its coarse brightness layout correlates with the photo's)."""
+    """ImageNet VGG19, a photo and a painting, 50 steps at 128 px: each balance cuts its own style term
+    (measured: reference 44x, normalized 5.2x, where the content term pulls back sooner) and keeps the
+    scene (its coarse brightness layout correlates with the photo's; measured 0.98 for both)."""
     from nst_export.exporter import export
 
     images = real_weights.parents[1] / "images"
@@ -262,11 +264,15 @@ def test_real_weights_transfer_style_and_keep_content(real_weights, tmp_path):
     style = (images / "style" / "starry_night.jpg").read_bytes()
     serving = ServingSession(export(tmp_path / "nst", weights=real_weights))
     try:
-        start = run_default(serving, content, style, steps=0, max_dim=128)
-        end = run_default(serving, content, style, steps=50, max_dim=128)
+        runs = {
+            b: [run_default(serving, content, style, steps=n, max_dim=128, style_balance=b) for n in (0, 50)]
+            for b in ("reference", "normalized")
+        }
     finally:
         serving.close()
-    assert float(end["style_loss"]) < float(start["style_loss"]) / 10
-    assert float(end["content_loss"]) < float(start["style_loss"]) / 10
-    correlation = np.corrcoef(_low_frequency_luma(end["image_bytes"]), _low_frequency_luma(start["image_bytes"]))[0, 1]
-    assert correlation > 0.7
+    for balance, least_cut in (("reference", 10), ("normalized", 4)):
+        start, end = runs[balance]
+        assert float(end["style_loss"]) < float(start["style_loss"]) / least_cut, balance
+        assert float(end["content_loss"]) < float(start["style_loss"]) / least_cut, balance
+        luma = _low_frequency_luma(end["image_bytes"]), _low_frequency_luma(start["image_bytes"])
+        assert np.corrcoef(*luma)[0, 1] > 0.7, balance
