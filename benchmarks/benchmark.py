@@ -390,7 +390,7 @@ def report(results: dict) -> str:
     if quality:
         default_mode = ", ".join(f"{k}={defaults[k]}" for k in ("optimizer", "init") if k in defaults)
         lines += ["", *quality_lines(quality, default_mode)]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *goal_lines(results)])
 
 
 def size_lines(row: dict, rates: dict[str, float]) -> list[str]:
@@ -423,8 +423,8 @@ def quality_lines(quality: dict, default_mode: str) -> list[str]:
         f"in chunks ('default': {default_mode or 'signature defaults'}):",
     ]
     header = (
-        f"  {'contender':<26} {'steps':>6} {'seconds':>8} {'s/step':>7} {'final loss':>11} {'reached':>7} "
-        f"{'time ratio':>10} {'RSS MiB':>7} {'bg cores':>8}"
+        f"  {'contender':<26} {'steps':>6} {'seconds':>8} {'s/step':>7} {'evals/step':>10} {'final loss':>11} "
+        f"{'reached':>7} {'time ratio':>10} {'RSS MiB':>7} {'bg cores':>8}"
     )
     lines += [header, "  " + "-" * (len(header) - 2)]
     for name, r in contenders.items():
@@ -433,15 +433,54 @@ def quality_lines(quality: dict, default_mode: str) -> list[str]:
             continue
         reached = "-" if name == "reference" else ("yes" if r["reached"] else "NO")
         ratio = 1.0 if name == "reference" else r["time_ratio"]
+        counts = r.get("evaluations")
+        evals = fmt(sum(counts) / len(counts) if counts else (1.0 if name == "reference" else None), ".3f")
         lines.append(
-            f"  {name:<26} {r['steps']:>6} {r['seconds']:>8.1f} {r['seconds'] / r['steps']:>7.3f} "
+            f"  {name:<26} {r['steps']:>6} {r['seconds']:>8.1f} {r['seconds'] / r['steps']:>7.3f} {evals:>10} "
             f"{r['final_loss']:>11.5g} {reached:>7} {ratio:>10.3f} {r['peak_rss_mib']:>7.0f} "
             f"{r['background_cores']:>8.2f}"
         )
     lines.append(
-        f"  time ratio: seconds / the reference's (the issue's goal: <= 0.1); reference: build {ref['build_s']:.1f} s "
-        f"and trace {ref['trace_s']:.1f} s untimed, models: warmed with tiny requests untimed"
+        f"  time ratio: seconds / the reference's; evals/step: gradients per step (the pixels output evaluations); "
+        f"reference: build {ref['build_s']:.1f} s and trace {ref['trace_s']:.1f} s untimed, models: warmed with "
+        "tiny requests untimed"
     )
+    return lines
+
+
+def goal_lines(results: dict) -> list[str]:
+    """Each goal of the speed issue beside this run's figure (or why this run has none)."""
+    rates = {k: v["gflop_per_s"] for k, v in results["matmul"].get("rates", {}).items()}
+    isa = results["machine"].get("isa", [])
+    bf16_hardware = any(f in isa for f in ("amx_bf16", "avx512_bf16"))
+    lines = ["Goals (figure, then goal):"]
+    quality = results.get("quality") or {"contenders": {}}
+    reference = quality["contenders"].get("reference", {})
+    setting = f"{quality.get('size')} px, {reference.get('steps')} reference steps"
+    caveat = "" if setting == "512 px, 1000 reference steps" else f" [this run: {setting}; the goal's: 512 px, 1000]"
+    for precision, goal in (("float32", 0.2), ("bfloat16", 0.1)):
+        r = quality["contenders"].get(f"session {precision} default", {})
+        note = caveat + ("" if precision == "float32" or bf16_hardware else " [this CPU has no AMX or AVX512-BF16]")
+        figure = fmt(r.get("time_ratio"), ".3f") + (" (not reached)" if r and not r.get("reached", True) else "")
+        lines.append(f"  time to quality, served default {precision}: {figure} of the reference's (<= {goal}){note}")
+    for precision in ("float32", "bfloat16"):
+        counts = quality["contenders"].get(f"session {precision} default", {}).get("evaluations")
+        if counts:
+            histogram = ", ".join(f"{n}: {counts.count(n)}" for n in sorted(set(counts)))
+            lines.append(
+                f"  evaluations per L-BFGS step, {precision}: mean {sum(counts) / len(counts):.3f} (<= 1.05); "
+                f"steps by evaluations {histogram}"
+            )
+        else:
+            lines.append(f"  evaluations per L-BFGS step, {precision}: - (<= 1.05) [no default run reporting them]")
+    row = next((r for r in results.get("sizes", []) if r["size"] == 512), None)
+    for precision, goal in (("float32", 75), ("bfloat16", 70)):
+        r = row["contenders"].get(f"session {precision}", {}) if row else {}
+        share = None
+        if "per_step_s" in r and precision in rates:
+            share = 100 * row["gflop_per_step"] / r["per_step_s"] / rates[precision]
+        figure = fmt(share, ".0f")
+        lines.append(f"  {precision} per step at 512 px: {figure}% of the {precision} matmul rate (>= {goal}%)")
     return lines
 
 

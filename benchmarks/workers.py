@@ -315,9 +315,11 @@ def session_quality(args: dict) -> dict:
     from nst_model.runner import load
 
     stylizer = load(args["model_path"])
+    evaluations = count_evaluations(stylizer, args["model_path"])
     content, style = (pathlib.Path(args[name]).read_bytes() for name in IMAGES)
     options = {"max_dim": args["size"], **args["options"]}
-    stylizer.run(content, style, **{**options, "max_dim": 16}, steps=3, chunk=1, progress=False)
+    stylizer.run(content, style, **{**options, "max_dim": 32}, steps=3, chunk=1, progress=False)  # sides >= 16
+    evaluations.clear()
     curve = []
     started = time.perf_counter()
 
@@ -343,7 +345,29 @@ def session_quality(args: dict) -> dict:
         "target": args["target"],
         "reached": loss <= args["target"],
         "curve": curve,
+        "evaluations": evaluations if len(evaluations) == curve[-1][0] else None,  # None: not reported
     }
+
+
+def count_evaluations(stylizer, model_path: str) -> list[int]:
+    """Each step's objective-and-gradient evaluations, read from the `evaluations` output of the
+    stylizer's pixels calls (an export from before that output reports none)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    counts: list[int] = []
+    saved = saved_model_pb2.SavedModel.FromString((pathlib.Path(model_path) / "saved_model.pb").read_bytes())
+    if "evaluations" not in saved.meta_graphs[0].signature_def["pixels"].outputs:
+        return counts
+    inner = stylizer.call
+
+    def call(signature, inputs, outputs):
+        wanted = (*outputs, "evaluations") if signature == "pixels" and outputs else outputs
+        out = inner(signature, inputs, wanted)
+        counts.extend(out.get("evaluations", np.zeros(0, np.int32)).tolist())
+        return out
+
+    stylizer.call = call
+    return counts
 
 
 WORKERS: dict[str, Callable[[dict], dict]] = {

@@ -30,6 +30,7 @@ class State(typing.NamedTuple):
     s: tf.Tensor  # [HISTORY, *x.shape] past steps, newest last; unused rows are zero
     y: tf.Tensor  # [HISTORY, *x.shape] the matching gradient changes
     extra: typing.Any  # what value_and_grad computed at x besides f and g
+    evaluations: tf.Tensor  # int32: value_and_grad calls of the step that led here (0 at a start)
 
 
 def start(x: tf.Tensor, value_and_grad: ValueAndGrad, s: tf.Tensor, y: tf.Tensor) -> State:
@@ -41,7 +42,7 @@ def resume(x: tf.Tensor, f: tf.Tensor, g: tf.Tensor, extra: typing.Any, s: tf.Te
     """The state at `x` from its objective, gradient and extras as an earlier run computed them:
     a resumed run needs no evaluation before its first step."""
     padding = [[HISTORY - tf.shape(s)[0], 0]] + [[0, 0]] * len(x.shape)
-    return State(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra)
+    return State(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra, tf.constant(0))
 
 
 def history(state: State) -> tuple[tf.Tensor, tf.Tensor]:
@@ -77,7 +78,7 @@ def direction(g: tf.Tensor, s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 
 def step(state: State, value_and_grad: ValueAndGrad) -> State:
     """One projected L-BFGS iteration: direction, line search, history update."""
-    x, f, g, s, y, extra = state
+    x, f, g, s, y, extra, _ = state
     # Variables pressed against a bound by their gradient stay there for this step.
     free = tf.cast(~(((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0))), tf.float32)
     d = direction(g * free, s, y) * free
@@ -97,7 +98,8 @@ def step(state: State, value_and_grad: ValueAndGrad) -> State:
     def halve(i, t, *_):
         return (i + 1, t / 2, *trial(t / 2))
 
-    _, _, x_t, f_t, g_t, extra_t = tf.while_loop(rejected, halve, (0, 1.0, *trial(1.0)))
+    halvings, _, x_t, f_t, g_t, extra_t = tf.while_loop(rejected, halve, (0, 1.0, *trial(1.0)))
+    evaluations = halvings + 1
     improved = (f_t < f) & tf.math.is_finite(f_t)
     s_new, y_new = x_t - x, g_t - g
     curvature = improved & (_dot(s_new, y_new) > 1e-10 * _dot(y_new, y_new))
@@ -106,6 +108,6 @@ def step(state: State, value_and_grad: ValueAndGrad) -> State:
     # No better point along d: stay, and forget the curvature that proposed it.
     return tf.cond(
         improved,
-        lambda: State(x_t, f_t, g_t, s, y, extra_t),
-        lambda: State(x, f, g, tf.zeros_like(s), tf.zeros_like(y), extra),
+        lambda: State(x_t, f_t, g_t, s, y, extra_t, evaluations),
+        lambda: State(x, f, g, tf.zeros_like(s), tf.zeros_like(y), extra, evaluations),
     )

@@ -319,8 +319,12 @@ class StyleTransfer(tf.Module):
         tv = losses.tv_loss(image, weights["tv_weight"])
         return Losses(style + content + tv, style, content, tv)
 
-    def optimise(self, targets: Targets, steps: tf.Tensor, controls: Controls, state: State) -> tuple[State, Losses]:
-        """`steps` steps of the chosen optimiser from `state`; the new state and its losses."""
+    def optimise(
+        self, targets: Targets, steps: tf.Tensor, controls: Controls, state: State
+    ) -> tuple[State, Losses, tf.Tensor]:
+        """`steps` steps of the chosen optimiser from `state`: the new state, its losses, and how
+        many evaluations of the objective and its gradient each step made ([steps] int32: always
+        1 for Adam; for L-BFGS 1 plus the line search's backtracks)."""
 
         # One function, called by each optimiser's steps: the graph holds the objective and its
         # gradient once per signature, not once per place that evaluates it.
@@ -340,9 +344,8 @@ class StyleTransfer(tf.Module):
             initial = (tf.constant(0), state.image, state.adam_m, state.adam_v, state.adam_step)
             _, image, m, v, step = tf.while_loop(lambda i, *_: i < steps, body, initial)
             # Adam's last gradient was taken before its last update: the result needs its own pass.
-            return state._replace(image=image, adam_m=m, adam_v=v, adam_step=step), self.objective(
-                image, targets, controls
-            )
+            terms = self.objective(image, targets, controls)
+            return state._replace(image=image, adam_m=m, adam_v=v, adam_step=step), terms, tf.ones([steps], tf.int32)
 
         def projected_lbfgs() -> tuple[State, Losses]:
             # lbfgs works on tensors shaped like the image: pairs [k, 1, H, W, 3].
@@ -355,28 +358,33 @@ class StyleTransfer(tf.Module):
                 ),
                 lambda: lbfgs.start(state.image, value_and_grad, s, y),
             )
-            _, end = tf.while_loop(
-                lambda i, _: i < steps, lambda i, s: (i + 1, lbfgs.step(s, value_and_grad)), (tf.constant(0), start)
-            )
+
+            def body(i, current, counts):
+                current = lbfgs.step(current, value_and_grad)
+                return i + 1, current, counts.write(i, current.evaluations)
+
+            counts = tf.TensorArray(tf.int32, size=steps, element_shape=[])
+            _, end, counts = tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), start, counts))
             s, y = lbfgs.history(end)
             # Its line search evaluated the objective at the point it accepted: no extra pass.
             new = state._replace(image=end.x, lbfgs_s=s[:, 0], lbfgs_y=y[:, 0], lbfgs_grad=end.g)
-            return new._replace(lbfgs_losses=tf.stack(list(end.extra))), end.extra
+            return new._replace(lbfgs_losses=tf.stack(list(end.extra))), end.extra, counts.stack()
 
         use_lbfgs = tf.equal(controls.optimizer, OPTIMIZERS.index("lbfgs"))
-        new_state, terms = tf.cond(use_lbfgs, projected_lbfgs, adam)
-        return State(*new_state), Losses(*terms)
+        new_state, terms, evaluations = tf.cond(use_lbfgs, projected_lbfgs, adam)
+        return State(*new_state), Losses(*terms), evaluations
 
     def stylize(
         self, content: tf.Tensor, targets: Targets, steps: tf.Tensor, controls: Controls, state: State
-    ) -> tuple[tf.Tensor, Losses, State]:
-        """`steps` steps from `state`: the PNG to show, its losses, and the state to resume from.
+    ) -> tuple[tf.Tensor, Losses, State, tf.Tensor]:
+        """`steps` steps from `state`: the PNG to show, its losses, the state to resume from, and
+        the evaluations each step made (see `optimise`).
 
         The state image stays the raw optimised one so that a chunked run resumes exactly; only
         the PNG gets the content's colours back (colors swap or luminance, or preserve_colors). A run whose objective
         overflowed (weights too large for float32) is refused rather than returned as a black image.
         """
-        state, terms = self.optimise(targets, steps, controls, state)
+        state, terms, evaluations = self.optimise(targets, steps, controls, state)
         carried = (tf.stack(list(terms)), state.image, state.adam_m, state.adam_v, state.lbfgs_grad)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in carried])
         image = inputs.require(
@@ -387,4 +395,4 @@ class StyleTransfer(tf.Module):
         )
         shown = colors.shown(image, content, controls.colors)
         png = tf.io.encode_png(tf.image.convert_image_dtype(shown[0], tf.uint8, saturate=True))
-        return png, terms, state._replace(image=image)
+        return png, terms, state._replace(image=image), evaluations

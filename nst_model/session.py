@@ -43,22 +43,30 @@ class ServingSession:
         feeds: dict[str, np.ndarray],
         output_filter: list[str] | None = None,
         timeout_ms: int = 0,
+        trace: config_pb2.RunMetadata | None = None,
     ) -> dict[str, np.ndarray]:
         """Feed arrays by signature input name, return the (filtered) outputs by name.
 
         Arrays go in with their own dtype and shape, unconverted, as the server sends them;
-        errors come back as tf.errors.OpError with the graph's status code.
+        errors come back as tf.errors.OpError with the graph's status code. `trace`, if given, is
+        filled with the run's full trace (every op's time, for benchmarks/trace.py).
         """
         sig = self.signature(signature_name)
         outputs = list(output_filter) if output_filter else sorted(sig.outputs)
         feed = {self._tensor(sig.inputs[k].name)._as_tf_output(): v for k, v in feeds.items()}
         fetch = [self._tensor(sig.outputs[k].name)._as_tf_output() for k in outputs]
-        options = config_pb2.RunOptions(timeout_in_ms=timeout_ms)
+        level = config_pb2.RunOptions.FULL_TRACE if trace is not None else config_pb2.RunOptions.NO_TRACE
+        options = config_pb2.RunOptions(timeout_in_ms=timeout_ms, trace_level=level)
         buffer = c_api.TF_NewBufferFromString(options.SerializeToString())
+        metadata = c_api.TF_NewBuffer() if trace is not None else None
         try:
-            values = self.session._call_tf_sessionrun(buffer, feed, fetch, [], None)
+            values = self.session._call_tf_sessionrun(buffer, feed, fetch, [], metadata)
+            if metadata is not None:
+                trace.ParseFromString(c_api.TF_GetBuffer(metadata))
         finally:
             c_api.TF_DeleteBuffer(buffer)
+            if metadata is not None:
+                c_api.TF_DeleteBuffer(metadata)
         return dict(zip(outputs, values, strict=True))
 
     def _tensor(self, name: str) -> tf.Tensor:

@@ -164,7 +164,7 @@ class Servable(tf.Module):
 
         targets = self.model.targets(content, style_at, tf.size(styles), controls, self.bounds.max_side)
         start = initial_state(content, lambda: style_at(0), controls)
-        png, terms, _ = self.model.stylize(content, targets, steps, controls, start)
+        png, terms, _, _ = self.model.stylize(content, targets, steps, controls, start)
         return {"image_bytes": png, **terms._asdict()}
 
     def _pixels(
@@ -208,6 +208,7 @@ class Servable(tf.Module):
         `style_targets` and `content_target`, fed back, spare the next call the targets (and the
         styles); the state outputs (see model.State) are the raw optimised image, before any
         preserve_colors (which applies to `image_bytes` only), and each optimiser's own state.
+        `evaluations` [steps] says how many gradients each step cost (for the benchmark).
         """
         controls = validate(_options(locals()), self.model.style_losses)
         steps = self._steps(steps)
@@ -242,13 +243,14 @@ class Servable(tf.Module):
         start = initial_state(content, lambda: styles()[0](0), controls)
         given_state = State(image, adam_m, adam_v, adam_step, lbfgs_s, lbfgs_y, lbfgs_grad, lbfgs_losses)
         state = _state(given_state, content, start)
-        png, terms, state = self.model.stylize(content, targets, steps, controls, state)
+        png, terms, state, evaluations = self.model.stylize(content, targets, steps, controls, state)
         return {
             "image_bytes": png,
             **terms._asdict(),
             **state._asdict(),
             "style_targets": targets.style,
             "content_target": targets.content_features,
+            "evaluations": evaluations,
         }
 
     def _decode(self, image, max_dim=_D["max_dim"]):

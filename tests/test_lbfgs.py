@@ -77,3 +77,24 @@ def test_history_round_trips_through_start():
     for _ in range(3):
         part = lbfgs.step(part, value_and_grad)
     np.testing.assert_array_equal(part.x.numpy(), whole.x.numpy())
+
+
+def test_each_step_reports_the_evaluations_it_made():
+    """`evaluations` counts the line search's calls, backtracks included (the benchmark's figure)."""
+    # The minimum is 0.005 from the start: the first step (0.02 at most) overshoots and backtracks.
+    inner = quadratic(np.diag(np.logspace(0, 2, 16)), np.linspace(0.495, 0.505, 16))
+    calls = []
+
+    def value_and_grad(x):
+        calls.append(1)  # eager: tf.while_loop runs its body in Python, once per evaluation
+        return inner(x)
+
+    empty = tf.zeros([0, 16])
+    state = lbfgs.start(tf.fill([16], 0.5), value_and_grad, empty, empty)
+    assert (len(calls), int(state.evaluations)) == (1, 0)
+    counts = []
+    for _ in range(12):
+        state = lbfgs.step(state, value_and_grad)
+        counts.append(int(state.evaluations))
+    assert sum(counts) == len(calls) - 1
+    assert min(counts) == 1 and max(counts) > 1

@@ -9,6 +9,7 @@ from conftest import make_image
 
 from nst_client import chunked
 from nst_client.errors import clean_message
+from nst_model import lbfgs
 from nst_model.model import TARGET_LENGTHS
 
 STYLE_TARGETS_LENGTH = TARGET_LENGTHS["gram"]  # the default export holds gram only
@@ -35,14 +36,17 @@ def test_later_calls_carry_targets_not_styles_and_equal_one_call(serving, optimi
     give the bytes and state of one call of 6 steps."""
     whole = pixels(serving, optimizer=optimizer, steps=np.int32(6))
     first = pixels(serving, optimizer=optimizer)
-    state = carried(first, optimizer)
+    state, evaluations = carried(first, optimizer), [first["evaluations"]]
     for _ in range(2):
         out = serving.run(
             "pixels",
             {"content": CONTENT, "steps": np.int32(2), "optimizer": np.array(optimizer.encode(), object), **state},
         )
         state = carried(out, optimizer)
+        evaluations.append(out["evaluations"])
     assert out["image_bytes"] == whole["image_bytes"]
+    # Each step's count of gradients: the same steps, whether in one call or three.
+    np.testing.assert_array_equal(np.concatenate(evaluations), whole["evaluations"])
     for name in chunked.state_names(optimizer):
         np.testing.assert_array_equal(out[name], whole[name], err_msg=name)
     assert float(out["loss"]) == float(whole["loss"])
@@ -56,6 +60,20 @@ def test_targets_have_the_documented_shapes(serving):
     assert deeper["content_target"].shape == (1, 24 // 8, 32 // 8, 512)
     assert out["lbfgs_grad"].shape == CONTENT.shape and out["lbfgs_losses"].shape == (4,)
     assert out["lbfgs_losses"][0] == out["loss"]
+
+
+def test_evaluations_count_each_steps_gradients(serving):
+    """Adam takes one gradient a step; an L-BFGS step one plus its line search's backtracks."""
+    adam = pixels(serving, optimizer="adam", steps=np.int32(3))["evaluations"]
+    np.testing.assert_array_equal(adam, np.ones(3, np.int32))
+    lbfgs_run = pixels(serving, steps=np.int32(3))["evaluations"]
+    assert lbfgs_run.dtype == np.int32 and lbfgs_run.shape == (3,)
+    assert lbfgs_run.min() >= 1 and lbfgs_run.max() <= lbfgs.BACKTRACKS + 1
+    # A content weight 1e6 times the default pins the image to the content it starts from: no step
+    # lowers the objective, so every line search halves BACKTRACKS times and gives up.
+    pinned = pixels(serving, steps=np.int32(3), content_weight=np.float32(1e10))["evaluations"]
+    np.testing.assert_array_equal(pinned, np.full(3, lbfgs.BACKTRACKS + 1))
+    assert pixels(serving, steps=np.int32(0))["evaluations"].shape == (0,)
 
 
 def test_a_resumed_lbfgs_call_does_not_evaluate_before_its_first_step(serving):
