@@ -31,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="VGG19 .h5 weights (default: $NST_VGG19_WEIGHTS, else the Keras download)")
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=("auto", *PRECISIONS),
         default="float32",
-        help="VGG arithmetic: bfloat16 is several times faster where the CPU has AMX/AVX512-BF16 or on GPUs",
+        help="VGG arithmetic: bfloat16 is several times faster where the CPU has AMX/AVX512-BF16 or on GPUs, "
+        "and slower elsewhere; auto: bfloat16 if this machine has them (export on the serving hardware); "
+        "default float32",
     )
     parser.add_argument(
         "--max-side",
@@ -69,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     problem = None
     with hidden_stderr(hidden=not args.verbose):
         from nst_export.exporter import describe, export
-        from nst_model.vgg import WeightsError
+        from nst_model.vgg import WeightsError, resolve_precision
 
         try:
-            path = export(args.model_dir, args.version, args.weights, args.precision, limits, args.style_losses)
+            precision = resolve_precision(args.precision)
+            path = export(args.model_dir, args.version, args.weights, precision, limits, args.style_losses)
             description = describe(path)
         except (WeightsError, FileExistsError) as e:
             problem = e

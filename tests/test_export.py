@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 import tensorflow as tf
@@ -88,3 +89,20 @@ def test_cli_reports_bad_weights_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.h5 (from --weights): no such file" in err
+
+
+@pytest.mark.parametrize("flag", ["auto", "float32", "bfloat16"])
+def test_cli_precision_auto_is_bfloat16_where_this_cpu_has_it(tmp_path, monkeypatch, capsys, flag):
+    flags = pathlib.Path("/proc/cpuinfo").read_text().split()
+    fast = "amx_bf16" in flags or "avx512_bf16" in flags or bool(tf.config.list_physical_devices("GPU"))
+    chosen = []
+
+    def export(model_dir, version, weights, precision, limits, style_losses):
+        chosen.append(precision)
+        raise FileExistsError("stopped before exporting")
+
+    monkeypatch.setattr(exporter, "export", export)
+    with pytest.raises(SystemExit):
+        export_cli.main(["--model-dir", str(tmp_path / "nst"), "--precision", flag])
+    assert chosen == [("bfloat16" if fast else "float32") if flag == "auto" else flag]
+    assert "stopped before exporting" in capsys.readouterr().err
