@@ -55,9 +55,8 @@ def op_times(trace) -> tuple[collections.Counter, collections.Counter]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="an exported SavedModel version folder (default: export one)")
-    source.add_argument("--weights", help="VGG19 .h5 weights to export with (default: $NST_VGG19_WEIGHTS)")
+    parser.add_argument("--model", help="an exported SavedModel version folder (default: export one)")
+    parser.add_argument("--weights", help="VGG19 .h5 weights to export with (default: $NST_VGG19_WEIGHTS)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="of the export")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512], help="longest sides (512)")
     parser.add_argument("--steps", type=int, default=5, help="steps in the traced and timed calls (5)")
@@ -77,15 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     from nst_export.exporter import export
     from nst_model.session import ServingSession
 
-    model = args.model
-    if not model:
-        weights = args.weights or os.environ.get("NST_VGG19_WEIGHTS")
-        if not weights:
-            parser.error("give --model, --weights or set NST_VGG19_WEIGHTS")
-        model = export(pathlib.Path(tempfile.mkdtemp()) / "nst", weights=weights, precision=args.precision)
-        images = pathlib.Path(weights).resolve().parents[1] / "images"
-    else:
-        images = pathlib.Path(os.environ.get("NST_VGG19_WEIGHTS", ".")).resolve().parents[1] / "images"
+    weights = args.weights or os.environ.get("NST_VGG19_WEIGHTS")
+    if not weights:
+        parser.error("give --weights or set NST_VGG19_WEIGHTS (the photos come from the images folder beside it)")
+    images = pathlib.Path(weights).resolve().parents[1] / "images"  # the shared folder's layout
+    model = args.model or export(pathlib.Path(tempfile.mkdtemp()) / "nst", weights=weights, precision=args.precision)
     session = ServingSession(model)
     content, style = ((images / sub).read_bytes() for sub in ("content/tubingen.jpg", "style/starry_night.jpg"))
     info = machine()

@@ -335,7 +335,7 @@ class StyleTransfer(tf.Module):
                 terms = self.objective(image, targets, controls)
             return terms.loss, tape.gradient(terms.loss, image), terms
 
-        def adam() -> tuple[State, Losses]:
+        def adam() -> tuple[State, Losses, tf.Tensor]:
             def body(i, image, m, v, step):
                 _, grad, _ = value_and_grad(image)
                 image, m, v, step = adam_step(image, grad, m, v, step, controls.weights["learning_rate"])
@@ -347,7 +347,7 @@ class StyleTransfer(tf.Module):
             terms = self.objective(image, targets, controls)
             return state._replace(image=image, adam_m=m, adam_v=v, adam_step=step), terms, tf.ones([steps], tf.int32)
 
-        def projected_lbfgs() -> tuple[State, Losses]:
+        def projected_lbfgs() -> tuple[State, Losses, tf.Tensor]:
             # lbfgs works on tensors shaped like the image: pairs [k, 1, H, W, 3].
             s, y = state.lbfgs_s[:, None], state.lbfgs_y[:, None]
             known = Losses(*tf.unstack(tf.concat([state.lbfgs_losses, tf.zeros([4])], 0)[:4], num=4))  # if given
