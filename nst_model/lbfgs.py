@@ -69,11 +69,19 @@ def direction(g: tf.Tensor, s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         q = q - alphas[i] * y[i]
     # The usual initial inverse-Hessian guess: s.y / y.y of the newest pair.
     gamma = tf.math.divide_no_nan(sy[-1], _dot(y[-1], y[-1]))
-    first = FIRST_STEP / tf.maximum(tf.reduce_max(tf.abs(g)), 1e-30)
-    r = tf.where(sy[-1] > 0.0, gamma, first) * q
+    r = tf.where(sy[-1] > 0.0, gamma, _first_scale(g)) * q
     for i in range(HISTORY):
         r = r + s[i] * (alphas[i] - rho[i] * _dot(y[i], r))
     return -r
+
+
+def _first_scale(g: tf.Tensor) -> tf.Tensor:
+    return FIRST_STEP / tf.maximum(tf.reduce_max(tf.abs(g)), 1e-30)
+
+
+def _steepest(g: tf.Tensor) -> tf.Tensor:
+    """`direction` without pairs: steepest descent whose largest pixel change is FIRST_STEP."""
+    return -_first_scale(g) * g
 
 
 def step(state: State, value_and_grad: ValueAndGrad) -> State:
@@ -83,9 +91,12 @@ def step(state: State, value_and_grad: ValueAndGrad) -> State:
     free = tf.cast(~(((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0))), tf.float32)
     d = direction(g * free, s, y) * free
     # A direction that does not descend (stale curvature): forget it, take steepest descent.
-    descends = _dot(g, d) < 0.0
-    s, y = tf.where(descends, s, 0.0), tf.where(descends, y, 0.0)
-    d = tf.where(descends, d, direction(g * free, s, y) * free)
+    # (tf.cond, not tf.where: a branch passes the history on, where a select would copy it.)
+    s, y, d = tf.cond(
+        _dot(g, d) < 0.0,
+        lambda: (s, y, d),
+        lambda: (tf.zeros_like(s), tf.zeros_like(y), _steepest(g * free) * free),
+    )
 
     def trial(t):
         x_t = tf.clip_by_value(x + t * d, 0.0, 1.0)
@@ -103,8 +114,11 @@ def step(state: State, value_and_grad: ValueAndGrad) -> State:
     improved = (f_t < f) & tf.math.is_finite(f_t)
     s_new, y_new = x_t - x, g_t - g
     curvature = improved & (_dot(s_new, y_new) > 1e-10 * _dot(y_new, y_new))
-    s = tf.where(curvature, tf.concat([s[1:], s_new[None]], 0), s)
-    y = tf.where(curvature, tf.concat([y[1:], y_new[None]], 0), y)
+    s, y = tf.cond(
+        curvature,
+        lambda: (tf.concat([s[1:], s_new[None]], 0), tf.concat([y[1:], y_new[None]], 0)),
+        lambda: (s, y),
+    )
     # No better point along d: stay, and forget the curvature that proposed it.
     return tf.cond(
         improved,

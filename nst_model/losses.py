@@ -12,15 +12,37 @@ per-layer term; `layer_sum` weighs the layers the same way for all three.
 
 from __future__ import annotations
 
+import typing
+
 import tensorflow as tf
 
 from nst_model.options import SLICED_QUANTILES, W2_EPSILON, W2_ITERATIONS
 
 
-def gram(features: tf.Tensor) -> tf.Tensor:
-    """Channel correlations of [N, H, W, C] features, divided by H*W as in the reference."""
-    shape = tf.shape(features)
-    return tf.einsum("bijc,bijd->bcd", features, features) / tf.cast(shape[1] * shape[2], tf.float32)
+def gram(features: tf.Tensor, precision: tf.DType = tf.float32) -> tf.Tensor:
+    """Channel correlations of [N, H, W, C] float32 features, divided by H*W as in the reference.
+
+    The gradient is one matmul, F (U + U^T) / (H*W), where autodiff would run one per operand of
+    F^T F (the same F twice) and add them. It runs in `precision`, that of the network the features
+    came from: bfloat16 features cast to float32 cast back exactly, and their gradient is rounded
+    to bfloat16 on its way into the network anyway. The Gram matrix itself stays float32.
+    """
+
+    @tf.custom_gradient
+    def correlations(f: tf.Tensor) -> tuple[tf.Tensor, typing.Callable[[tf.Tensor], tf.Tensor]]:
+        # The gradient reads an op's output, not `f` itself: inside a switch_case branch (an export
+        # with several style losses) the branch's input would reach the gradient unfed.
+        f = tf.identity(f)
+        shape = tf.shape(f)
+        locations = tf.cast(shape[1] * shape[2], tf.float32)
+
+        def gradient(upstream: tf.Tensor) -> tf.Tensor:
+            both = tf.cast((upstream + tf.linalg.matrix_transpose(upstream)) / locations, precision)
+            return tf.cast(tf.einsum("bijc,bcd->bijd", tf.cast(f, precision), both), tf.float32)
+
+        return tf.einsum("bijc,bijd->bcd", f, f) / locations, gradient
+
+    return correlations(features)
 
 
 # Each loss applies its weight in the reference's order of operations, so that rounding, and with

@@ -292,7 +292,7 @@ class StyleTransfer(tf.Module):
 
         def gram() -> tf.Tensor:
             parts = unpack(targets.style, "gram")
-            terms = [losses.gram_term(losses.gram(f), t) for f, t in zip(styled, parts, strict=True)]
+            terms = [losses.gram_term(losses.gram(f, self.vgg.dtype), t) for f, t in zip(styled, parts, strict=True)]
             return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
 
         def w2() -> tf.Tensor:

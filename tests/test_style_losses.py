@@ -40,6 +40,24 @@ def gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.cov(flat.T, bias=True) + W2_EPSILON * np.eye(flat.shape[1])
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_gram_and_its_one_matmul_gradient_match_numpy(precision):
+    """G = F^T F / (H W), and the gradient of sum(A * G) is F (A + A^T) / (H W) for any A (not
+    symmetric here): in float32 to rounding, in bfloat16 (features from a bfloat16 network, so
+    exactly representable) to bfloat16's rounding."""
+    f = tf.cast(tf.cast(features(12, 10, 16, seed=3), precision), tf.float32)
+    a = RNG.normal(size=(1, 16, 16)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(f)
+        g = losses.gram(f, tf.dtypes.as_dtype(precision))
+        objective = tf.reduce_sum(a * g)
+    flat = f.numpy().reshape(120, 16).astype(np.float64)
+    np.testing.assert_allclose(g.numpy()[0], flat.T @ flat / 120, rtol=1e-5, atol=1e-6)
+    expected = (flat @ (a[0] + a[0].T) / 120).reshape(1, 12, 10, 16)
+    tolerance = 1e-5 if precision == "float32" else 1e-2
+    np.testing.assert_allclose(tape.gradient(objective, f).numpy(), expected, atol=tolerance * np.abs(expected).max())
+
+
 def test_sqrtm_is_the_symmetric_square_root():
     a = RNG.normal(size=(32, 32))
     matrix = a @ a.T / 32 + 0.05 * np.eye(32)
