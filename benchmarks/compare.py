@@ -1,0 +1,82 @@
+"""Seconds per step of two or more exported models, their calls taking turns in one process.
+
+An A/B of a change: export each commit (`nst-export`, or `nst_export.exporter.export` from a
+`git archive` of it), then time them here. Each model runs the `pixels` signature through the
+Session, from the state of a run after `--from-step` steps (its targets carried, as a chunked run
+carries them), once per optimiser; every repeat times each model in turn, so a slow spell of the
+machine hits all of them alike. A step is (t(N steps) - t(0 steps)) / N; the medians are printed.
+
+    python benchmarks/compare.py --weights ../shared/weights/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
+        --models /tmp/before/1 /tmp/after/1 --size 512 --steps 5 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", required=True, help="exported SavedModel version folders")
+    parser.add_argument("--weights", help="the VGG19 .h5 file; the photos are read beside it ($NST_VGG19_WEIGHTS)")
+    parser.add_argument("--size", type=int, default=512, help="longest side (512)")
+    parser.add_argument("--steps", type=int, default=5, help="steps in each timed call (5)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per model and optimiser (5)")
+    parser.add_argument("--from-step", type=int, default=25, help="steps run before those timed (25)")
+    parser.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"], choices=("lbfgs", "adam"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    import numpy as np
+    from benchmark import machine  # this folder's
+
+    from nst_client import chunked
+    from nst_model.session import ServingSession
+
+    weights = args.weights or os.environ.get("NST_VGG19_WEIGHTS")
+    if not weights:
+        parser.error("give --weights or set NST_VGG19_WEIGHTS (the photos come from the images folder beside it)")
+    images = pathlib.Path(weights).resolve().parents[1] / "images"  # the shared folder's layout
+    content, style = ((images / sub).read_bytes() for sub in ("content/tubingen.jpg", "style/starry_night.jpg"))
+    info = machine()
+    print(f"{info['cpu']}, {info['cores']} cores; CPU flags: {' '.join(info['isa']) or 'no AVX-512 or AMX'}")
+
+    runs = []  # (label, session, feeds, seconds per step of each repeat)
+    for model in args.models:
+        session = ServingSession(model)
+        decoded = {
+            name: session.run("decode", {"image": np.array(data, object), "max_dim": np.int32(args.size)})["pixels"]
+            for name, data in (("content", content), ("style", style))
+        }
+        for optimizer in args.optimizers:
+            feeds = {**decoded, "optimizer": np.array(optimizer.encode(), object)}
+            feeds["style_balance"] = np.array(b"reference", object)  # the reference's objective, as the benchmark
+            ran = session.run("pixels", {**feeds, "steps": np.int32(args.from_step)})
+            print(f"{model} {optimizer}: loss after {args.from_step} steps {float(ran['loss']):.6e}")
+            feeds = {k: v for k, v in feeds.items() if k != "style"}
+            feeds.update({k: ran[k] for k in (*chunked.state_names(optimizer), *chunked.TARGETS)})
+            session.run("pixels", {**feeds, "steps": np.int32(1)}, ["loss"])  # prepared before any clock
+            runs.append((f"{model} {optimizer}", session, feeds, []))
+
+    for _ in range(args.repeats):
+        for _, session, feeds, seconds in runs:
+
+            def call(steps: int, session=session, feeds=feeds) -> float:
+                started = time.perf_counter()
+                session.run("pixels", {**feeds, "steps": np.int32(steps)}, ["loss"])
+                return time.perf_counter() - started
+
+            seconds.append((call(args.steps) - call(0)) / args.steps)
+    for label, _, _, seconds in runs:
+        print(f"{label}: {statistics.median(seconds):.3f} s per step  ({' '.join(f'{s:.3f}' for s in seconds)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    sys.exit(main())
