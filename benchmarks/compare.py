@@ -33,34 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     import numpy as np
-    from benchmark import machine  # this folder's
+    from midrun import machine_line, midrun_feeds, photos  # this folder's
 
-    from nst_client import chunked
     from nst_model.session import ServingSession
 
-    weights = args.weights or os.environ.get("NST_VGG19_WEIGHTS")
-    if not weights:
-        parser.error("give --weights or set NST_VGG19_WEIGHTS (the photos come from the images folder beside it)")
-    images = pathlib.Path(weights).resolve().parents[1] / "images"  # the shared folder's layout
-    content, style = ((images / sub).read_bytes() for sub in ("content/tubingen.jpg", "style/starry_night.jpg"))
-    info = machine()
-    print(f"{info['cpu']}, {info['cores']} cores; CPU flags: {' '.join(info['isa']) or 'no AVX-512 or AMX'}")
-
+    _, content, style = photos(parser, args.weights)
+    machine_line()
     runs = []  # (label, session, feeds, seconds per step of each repeat)
     for model in args.models:
         session = ServingSession(model)
-        decoded = {
-            name: session.run("decode", {"image": np.array(data, object), "max_dim": np.int32(args.size)})["pixels"]
-            for name, data in (("content", content), ("style", style))
-        }
         for optimizer in args.optimizers:
-            feeds = {**decoded, "optimizer": np.array(optimizer.encode(), object)}
-            feeds["style_balance"] = np.array(b"reference", object)  # the reference's objective, as the benchmark
-            ran = session.run("pixels", {**feeds, "steps": np.int32(args.from_step)})
-            print(f"{model} {optimizer}: loss after {args.from_step} steps {float(ran['loss']):.6e}")
-            feeds = {k: v for k, v in feeds.items() if k != "style"}
-            feeds.update({k: ran[k] for k in (*chunked.state_names(optimizer), *chunked.TARGETS)})
-            session.run("pixels", {**feeds, "steps": np.int32(1)}, ["loss"])  # prepared before any clock
+            feeds, loss, _ = midrun_feeds(session, content, style, args.size, optimizer, args.from_step)
+            print(f"{model} {optimizer}: loss after {args.from_step} steps {loss:.6e}")
             runs.append((f"{model} {optimizer}", session, feeds, []))
 
     for _ in range(args.repeats):
@@ -68,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def call(steps: int, session=session, feeds=feeds) -> float:
                 started = time.perf_counter()
-                session.run("pixels", {**feeds, "steps": np.int32(steps)}, ["loss"])
+                session.run("pixels", {**feeds, "steps": np.int32(steps)}, ["loss", "evaluations"])
                 return time.perf_counter() - started
 
             seconds.append((call(args.steps) - call(0)) / args.steps)

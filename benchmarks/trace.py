@@ -56,7 +56,7 @@ def op_times(trace) -> tuple[collections.Counter, collections.Counter]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="an exported SavedModel version folder (default: export one)")
-    parser.add_argument("--weights", help="VGG19 .h5 weights to export with (default: $NST_VGG19_WEIGHTS)")
+    parser.add_argument("--weights", help="VGG19 .h5 ($NST_VGG19_WEIGHTS), exported unless --model; photos beside it")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="of the export")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512], help="longest sides (512)")
     parser.add_argument("--steps", type=int, default=5, help="steps in the traced and timed calls (5)")
@@ -69,44 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     import numpy as np
-    from benchmark import machine  # this folder's
+    from midrun import machine_line, midrun_feeds, photos  # this folder's
     from tensorflow.core.protobuf import config_pb2
 
-    from nst_client import chunked
     from nst_export.exporter import export
     from nst_model.session import ServingSession
 
-    weights = args.weights or os.environ.get("NST_VGG19_WEIGHTS")
-    if not weights:
-        parser.error("give --weights or set NST_VGG19_WEIGHTS (the photos come from the images folder beside it)")
-    images = pathlib.Path(weights).resolve().parents[1] / "images"  # the shared folder's layout
+    weights, content, style = photos(parser, args.weights)
     model = args.model or export(pathlib.Path(tempfile.mkdtemp()) / "nst", weights=weights, precision=args.precision)
     session = ServingSession(model)
-    content, style = ((images / sub).read_bytes() for sub in ("content/tubingen.jpg", "style/starry_night.jpg"))
-    info = machine()
-    print(f"{info['cpu']}, {info['cores']} cores; CPU flags: {' '.join(info['isa']) or 'no AVX-512 or AMX'}")
-    results = {"machine": info, "model": str(model), "steps": args.steps, "runs": []}
+    results = {"machine": machine_line(), "model": str(model), "steps": args.steps, "runs": []}
 
     for size in args.sizes:
-        decoded = {
-            name: session.run("decode", {"image": np.array(data, object), "max_dim": np.int32(size)})["pixels"]
-            for name, data in (("content", content), ("style", style))
-        }
         for optimizer in args.optimizers:
-            feeds = {**decoded, "optimizer": np.array(optimizer.encode(), object)}
-            feeds["style_balance"] = np.array(b"reference", object)  # the reference's objective, as the benchmark
-            # Mid-run steps, as most of a run's are: from the state after --from-step steps (history
-            # filled), with the targets carried as a chunked run carries them.
-            ran = session.run("pixels", {**feeds, "steps": np.int32(args.from_step)})
-            feeds = {k: v for k, v in feeds.items() if k != "style"}
-            feeds.update({k: ran[k] for k in (*chunked.state_names(optimizer), *chunked.TARGETS)})
+            feeds, _, shape = midrun_feeds(session, content, style, size, optimizer, args.from_step)
 
             def call(steps: int, trace=None, feeds=feeds) -> tuple[float, list[int]]:
                 started = time.perf_counter()
-                out = session.run("pixels", {**feeds, "steps": np.int32(steps)}, ["evaluations"], trace=trace)
+                out = session.run("pixels", {**feeds, "steps": np.int32(steps)}, ["loss", "evaluations"], trace=trace)
                 return time.perf_counter() - started, out["evaluations"].tolist()
 
-            call(1)  # the executor for this call pattern, prepared before any clock
             seconds = [(call(args.steps)[0] - call(0)[0]) / args.steps for _ in range(args.repeats)]
             traces = [config_pb2.RunMetadata() for _ in range(2)]
             call(0, traces[0])
@@ -116,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             counts = {op: (full_n[op] - base_n[op]) / args.steps for op in full_n}
             run = {
                 "size": size,
-                "shape": list(decoded["content"].shape[1:3]),
+                "shape": list(shape),
                 "optimizer": optimizer,
                 "seconds_per_step": statistics.median(seconds),
                 "repeats": seconds,

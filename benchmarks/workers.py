@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import math
 import os
 import pathlib
 import resource
@@ -60,12 +61,12 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def use_project(root: pathlib.Path) -> None:
-    """Import nst_model and nst_export from the checkout at `root` instead of the installed one.
+    """Import nst_client, nst_model and nst_export from the checkout at `root`, not the installed one.
 
     The editable install maps the package names to one checkout; loading the packages by path
     here lets a snapshot (say, `git archive` of a commit) be measured with the same venv.
     """
-    for name, folder in (("nst_model", "nst_model"), ("nst_export", "export")):
+    for name, folder in (("nst_client", "client"), ("nst_model", "nst_model"), ("nst_export", "export")):
         init = root / folder / "__init__.py"
         spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
         module = importlib.util.module_from_spec(spec)
@@ -305,7 +306,8 @@ def reference_quality(args: dict) -> dict:
 def session_quality(args: dict) -> dict:
     """The project's chunked run (nst_client.chunked, as nst-client and nst_model.load run it) on
     the exported model through the TF1 Session: calls of `chunk` steps, each handing on the state
-    and the targets, until the loss reaches the target (or the step cap).
+    and the targets, until the loss reaches the target (or the step cap); near it, shorter calls
+    (see `pacer`).
 
     The clock covers every call (decoding, targets, steps, losses, PNG encoding, state in and out),
     on a Session already warmed by a tiny run of the same call patterns, as the exported warmup
@@ -321,6 +323,10 @@ def session_quality(args: dict) -> dict:
     stylizer.run(content, style, **{**options, "max_dim": 32}, steps=3, chunk=1, progress=False)  # sides >= 16
     evaluations.clear()
     curve = []
+    if "pace" in inspect.signature(stylizer.run).parameters:
+        until = {"pace": pacer(args["target"], args["chunk"])}
+    else:  # a checkout from before pace: calls of `chunk` steps to the end
+        until = {"stop": lambda done, loss: loss <= args["target"]}
     started = time.perf_counter()
 
     def progress(done: int, total: int, loss: float) -> None:
@@ -334,7 +340,7 @@ def session_quality(args: dict) -> dict:
         steps=args["max_steps"],
         chunk=args["chunk"],
         progress=progress,
-        stop=lambda done, loss: loss <= args["target"],
+        **until,
     )
     loss = result.losses["loss"]
     return {
@@ -347,6 +353,26 @@ def session_quality(args: dict) -> dict:
         "curve": curve,
         "evaluations": evaluations if len(evaluations) == curve[-1][0] else None,  # None: not reported
     }
+
+
+def pacer(target: float, chunk: int) -> Callable[[int, float], int]:
+    """The quality run's pace: calls of `chunk` steps until a straight line through the last two
+    losses says the target is nearer, then calls of the steps it says are left (at least 1), so a
+    run is seen to reach the target within a step or so, not at the next multiple of `chunk`. The
+    loss falls ever more slowly, so the line tends to promise too few steps rather than too many."""
+    seen: list[tuple[int, float]] = []
+
+    def pace(done: int, loss: float) -> int:
+        if loss <= target:
+            return 0
+        seen.append((done, loss))
+        if len(seen) < 2 or seen[-2][1] <= loss:
+            return chunk
+        (before, higher), _ = seen[-2:]
+        per_step = (higher - loss) / (done - before)
+        return max(1, min(chunk, math.ceil((loss - target) / per_step)))
+
+    return pace
 
 
 def count_evaluations(stylizer, model_path: str) -> list[int]:

@@ -83,7 +83,7 @@ def run(
     progress: Progress | None = None,
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 0,
-    stop: Callable[[int, float], bool] | None = None,
+    pace: Callable[[int, float], int] | None = None,
 ) -> Result:
     """Run the model on encoded images with `options` (arrays typed for the signatures).
 
@@ -92,8 +92,9 @@ def run(
     0 sends one serving_default call (one `pixels` call per scale with `scales`). `scales`: longest
     sides to run at before max_dim, coarse-to-fine (see `plan`); progress, checkpoints and Ctrl-C
     count the steps of all scales together. `checkpoint` gets the PNG every `checkpoint_every` steps.
-    `stop(steps done, loss)` true after a chunk of the last scale ends the run there (the benchmark's
-    "until this loss"). Ctrl-C raises Interrupted with the last finished chunk's PNG.
+    `pace(steps done, loss)`, after each call of the last scale, gives the most steps the next call
+    may run, 0 ending the run there (the benchmark runs until a loss, in shorter calls as it nears
+    it). Ctrl-C raises Interrupted with the last finished chunk's PNG.
     """
     steps = int(options.get("steps", defaults.get("steps", 0)))
     optimizer = _text(options.get("optimizer", defaults.get("optimizer", "lbfgs")))
@@ -127,9 +128,9 @@ def run(
             # A scale's first call: its styles, and the previous scale's image (a fresh optimiser from it).
             state = {} if image is None else {"image": upsample(image, content_pixels.shape)}
             targets: dict[str, np.ndarray] = {}  # empty: this call computes them
-            end = done + stage_steps
+            end, most = done + stage_steps, chunk or stage_steps
             while True:
-                todo = min(chunk or stage_steps, end - done)
+                todo = min(most, end - done)
                 if every:
                     todo = min(todo, every - done % every)
                 last = done + todo >= end
@@ -146,8 +147,12 @@ def run(
                     progress(done, steps, float(out["loss"]))
                 if every and (done % every == 0 or (last and final)):
                     checkpoint(done, png)
-                if last or (final and stop and stop(done, float(out["loss"]))):
+                if last:
                     break
+                if final and pace:
+                    most = min(chunk or stage_steps, pace(done, float(out["loss"])))
+                    if most <= 0:
+                        break
                 targets = targets or {k: out[k] for k in TARGETS}
                 state = {**{k: out[k] for k in state_names(optimizer)}, **targets}
             image = out["image"]

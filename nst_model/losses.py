@@ -19,13 +19,13 @@ import tensorflow as tf
 from nst_model.options import SLICED_QUANTILES, W2_EPSILON, W2_ITERATIONS
 
 
-def gram(features: tf.Tensor, precision: tf.DType = tf.float32) -> tf.Tensor:
-    """Channel correlations of [N, H, W, C] float32 features, divided by H*W as in the reference.
+def gram(features: tf.Tensor) -> tf.Tensor:
+    """Channel correlations of [N, H, W, C] features, in float32, divided by H*W as in the reference.
 
     The gradient is one matmul, F (U + U^T) / (H*W), where autodiff would run one per operand of
-    F^T F (the same F twice) and add them. It runs in `precision`, that of the network the features
-    came from: bfloat16 features cast to float32 cast back exactly, and their gradient is rounded
-    to bfloat16 on its way into the network anyway. The Gram matrix itself stays float32.
+    F^T F (the same F twice) and add them. It runs in the features' own precision, that of the
+    network they came from, and so needs no casts of feature maps: in bfloat16 the gradient is
+    rounded to bfloat16 on its way into the network anyway. The Gram matrix itself is float32.
     """
 
     @tf.custom_gradient
@@ -33,14 +33,15 @@ def gram(features: tf.Tensor, precision: tf.DType = tf.float32) -> tf.Tensor:
         # The gradient reads an op's output, not `f` itself: inside a switch_case branch (an export
         # with several style losses) the branch's input would reach the gradient unfed.
         f = tf.identity(f)
+        wide = tf.cast(f, tf.float32)
         shape = tf.shape(f)
         locations = tf.cast(shape[1] * shape[2], tf.float32)
 
         def gradient(upstream: tf.Tensor) -> tf.Tensor:
-            both = tf.cast((upstream + tf.linalg.matrix_transpose(upstream)) / locations, precision)
-            return tf.cast(tf.einsum("bijc,bcd->bijd", tf.cast(f, precision), both), tf.float32)
+            both = tf.cast((upstream + tf.linalg.matrix_transpose(upstream)) / locations, f.dtype)
+            return tf.einsum("bijc,bcd->bijd", f, both)
 
-        return tf.einsum("bijc,bijd->bcd", f, f) / locations, gradient
+        return tf.einsum("bijc,bijd->bcd", wide, wide) / locations, gradient
 
     return correlations(features)
 
@@ -168,8 +169,30 @@ def content_loss(features: tf.Tensor, target: tf.Tensor, weight: tf.Tensor) -> t
 
 
 def tv_loss(image: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
-    """Mean squared difference of horizontal plus that of vertical neighbours, times `weight`."""
-    return weight * (
-        tf.reduce_mean(tf.square(image[:, :, 1:] - image[:, :, :-1]))
-        + tf.reduce_mean(tf.square(image[:, 1:] - image[:, :-1]))
-    )
+    """Mean squared difference of horizontal plus that of vertical neighbours, times `weight`.
+
+    Its gradient, 2 weight (D^T d_x / n_x + D^T d_y / n_y) for the neighbours' differences d, is
+    written out with pads: autodiff's would scatter each of the four slices into a zero image.
+    """
+
+    @tf.custom_gradient
+    def total_variation(x: tf.Tensor, weight: tf.Tensor) -> tuple[tf.Tensor, typing.Callable]:
+        across, down = x[:, :, 1:] - x[:, :, :-1], x[:, 1:] - x[:, :-1]
+        value = weight * (tf.reduce_mean(tf.square(across)) + tf.reduce_mean(tf.square(down)))
+
+        def gradient(upstream: tf.Tensor) -> tuple[tf.Tensor, None]:
+            a = across * (2.0 * weight * upstream / tf.cast(tf.size(across), tf.float32))
+            d = down * (2.0 * weight * upstream / tf.cast(tf.size(down), tf.float32))
+            # Each difference x[i+1] - x[i] pulls x[i+1] one way and x[i] the other.
+            return _shift(a, 2, 1) - _shift(a, 2, 0) + _shift(d, 1, 1) - _shift(d, 1, 0), None
+
+        return value, gradient
+
+    return total_variation(image, weight)
+
+
+def _shift(t: tf.Tensor, axis: int, before: int) -> tf.Tensor:
+    """`t` padded with one zero along `axis`, before (1) or after (0) its values."""
+    padding = [[0, 0]] * 4
+    padding[axis] = [before, 1 - before]
+    return tf.pad(t, padding)

@@ -151,6 +151,12 @@ def content_features_shape(content: tf.Tensor, layer: tf.Tensor) -> tf.Tensor:
     return tf.concat([[1], sides, [channels]], 0)
 
 
+def wide(features: tf.Tensor) -> tf.Tensor:
+    """Features of the network's precision as float32, for the losses that compute in it (the
+    Gram matrix takes them as they are: its gradient runs in their precision)."""
+    return tf.cast(features, tf.float32)
+
+
 def pack(parts: list[tf.Tensor]) -> tf.Tensor:
     """Style targets as one vector, for the resumable state."""
     return tf.concat([tf.reshape(p, [-1]) for p in parts], 0)
@@ -262,18 +268,18 @@ class StyleTransfer(tf.Module):
             return pack(blended(lambda _, f: [losses.gram(f)], TARGET_SHAPES["gram"]))
 
         def w2() -> tf.Tensor:
-            moments = blended(lambda _, f: losses.mean_and_gram(f), TARGET_SHAPES["w2"])
+            moments = blended(lambda _, f: losses.mean_and_gram(wide(f)), TARGET_SHAPES["w2"])
             return pack([p for k in range(len(STYLE_LAYERS)) for p in losses.w2_target(*moments[2 * k : 2 * k + 2])])
 
         def sliced() -> tf.Tensor:
             def quantiles(k: int, features: tf.Tensor) -> list[tf.Tensor]:
-                return losses.sliced_target(features, losses.directions(LAYER_CHANNELS[k], controls.seed, k))
+                return losses.sliced_target(wide(features), losses.directions(LAYER_CHANNELS[k], controls.seed, k))
 
             return pack(blended(quantiles, TARGET_SHAPES["sliced"]))
 
         style = self.by_style_loss(controls.style_loss, {"gram": gram, "w2": w2, "sliced": sliced})
         features = self.vgg(colors.for_vgg(content, controls.colors), CONTENT_LAYERS, controls.avg_pool)
-        chosen = tf.switch_case(controls.content_layer, [lambda f=features[n]: f for n in CONTENT_LAYERS])
+        chosen = tf.switch_case(controls.content_layer, [lambda f=features[n]: wide(f) for n in CONTENT_LAYERS])
         return Targets(style, chosen)
 
     def objective(self, image: tf.Tensor, targets: Targets, controls: Controls) -> Losses:
@@ -292,18 +298,18 @@ class StyleTransfer(tf.Module):
 
         def gram() -> tf.Tensor:
             parts = unpack(targets.style, "gram")
-            terms = [losses.gram_term(losses.gram(f, self.vgg.dtype), t) for f, t in zip(styled, parts, strict=True)]
+            terms = [losses.gram_term(losses.gram(f), t) for f, t in zip(styled, parts, strict=True)]
             return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
 
         def w2() -> tf.Tensor:
             parts = unpack(targets.style, "w2")
-            terms = [losses.w2_term(f, parts[2 * k], parts[2 * k + 1]) for k, f in enumerate(styled)]
+            terms = [losses.w2_term(wide(f), parts[2 * k], parts[2 * k + 1]) for k, f in enumerate(styled)]
             return weighed(terms, [losses.w2_size(parts[2 * k], parts[2 * k + 1]) for k in range(len(styled))])
 
         def sliced() -> tf.Tensor:
             parts = unpack(targets.style, "sliced")
             terms = [
-                losses.sliced_term(f, losses.directions(LAYER_CHANNELS[k], controls.seed, k), parts[k])
+                losses.sliced_term(wide(f), losses.directions(LAYER_CHANNELS[k], controls.seed, k), parts[k])
                 for k, f in enumerate(styled)
             ]
             return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
@@ -312,7 +318,7 @@ class StyleTransfer(tf.Module):
         content = tf.switch_case(
             controls.content_layer,
             [
-                lambda f=features[n]: losses.content_loss(f, targets.content_features, weights["content_weight"])
+                lambda f=features[n]: losses.content_loss(wide(f), targets.content_features, weights["content_weight"])
                 for n in CONTENT_LAYERS
             ],
         )
@@ -330,10 +336,19 @@ class StyleTransfer(tf.Module):
         # gradient once per signature, not once per place that evaluates it.
         @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
         def value_and_grad(image):
-            with tf.GradientTape() as tape:
-                tape.watch(image)
-                terms = self.objective(image, targets, controls)
-            return terms.loss, tape.gradient(terms.loss, image), terms
+            def pooled(avg_pool: bool) -> Callable[[], tuple[tf.Tensor, tf.Tensor, Losses]]:
+                def evaluate():
+                    with tf.GradientTape() as tape:
+                        tape.watch(image)
+                        terms = self.objective(image, targets, controls._replace(avg_pool=avg_pool))
+                    return terms.loss, tape.gradient(terms.loss, image), terms
+
+                return evaluate
+
+            # The pooling is chosen once around the whole evaluation, not at each pooling: a max
+            # pooling's gradient in another cond branch than the pooling runs in Eigen on one thread
+            # (5x slower at 512 px), while beside it oneDNN runs it from the pooling's workspace.
+            return tf.cond(controls.avg_pool, pooled(True), pooled(False))
 
         def adam() -> tuple[State, Losses, tf.Tensor]:
             def body(i, image, m, v, step):

@@ -67,13 +67,13 @@ class Stylizer:
         progress: bool | chunked.Progress = True,
         checkpoint: chunked.Checkpoint | None = None,
         checkpoint_every: int = 0,
-        stop: Callable[[int, float], bool] | None = None,
+        pace: Callable[[int, float], int] | None = None,
         **options: object,
     ) -> Result:
         """As `stylize`, returning the PNG bytes and the losses. `progress` may also be a callback
         (steps done, total, loss), counting the steps of every scale; `checkpoint(steps, png)` is
-        called every `checkpoint_every` steps; `stop(steps, loss)` true ends the run after a chunk
-        of the last scale."""
+        called every `checkpoint_every` steps; `pace(steps, loss)` after each call of the last
+        scale gives the most steps of the next, 0 ending the run there."""
         unknown = set(options) - set(DEFAULTS)
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
@@ -91,7 +91,7 @@ class Stylizer:
                 progress=progress if callable(progress) else bar,
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
-                stop=stop,
+                pace=pace,
             )
 
 

@@ -174,8 +174,8 @@ class VGG19(tf.Module):
     """VGG19 convolutions as variables; calling it maps images in [0, 1] to layer activations.
 
     `precision` is the arithmetic of the convolutions: bfloat16 runs several times faster on
-    CPUs with AMX or AVX512-BF16 (and on GPUs), while the activations come out as float32, so
-    the losses and the optimiser stay in float32.
+    CPUs with AMX or AVX512-BF16 (and on GPUs). The activations come out in that precision; the
+    losses take them to float32 where they need it, and the optimiser stays in float32.
     """
 
     def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]], precision: str = "float32"):
@@ -193,7 +193,8 @@ class VGG19(tf.Module):
     def __call__(
         self, image: tf.Tensor, layers: tuple[str, ...], avg_pool: tf.Tensor | bool = False
     ) -> dict[str, tf.Tensor]:
-        """Post-ReLU activations of `layers` for an image batch [N, H, W, 3] in [0, 1].
+        """Post-ReLU activations of `layers` for an image batch [N, H, W, 3] in [0, 1], in the
+        network's precision (`dtype`).
 
         `avg_pool` (a bool tensor) swaps the 2x2 max poolings for average poolings, as Gatys et al.
         suggest; one network serves both, the choice is made per request in the graph.
@@ -206,7 +207,7 @@ class VGG19(tf.Module):
                 continue
             x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, self.kernels[name], 1, "SAME"), self.biases[name]))
             if name in wanted:
-                outputs[name] = tf.cast(x, tf.float32)
+                outputs[name] = x
                 if len(outputs) == len(wanted):
                     return outputs
         raise ValueError(f"unknown VGG19 layers: {sorted(wanted - set(outputs))}")

@@ -124,7 +124,7 @@ def test_each_scale_decodes_at_its_size_and_starts_from_the_last_image_upsampled
     assert seen == [(0, 12), (5, 12), (6, 12), (9, 12), (12, 12)]  # overall steps, one bar
 
 
-def test_checkpoints_count_overall_steps_and_stop_waits_for_the_last_scale():
+def test_checkpoints_count_overall_steps_and_pace_waits_for_the_last_scale():
     model = FakeModel()
     saved = []
     result = run(
@@ -133,11 +133,32 @@ def test_checkpoints_count_overall_steps_and_stop_waits_for_the_last_scale():
         scales=(20, 40),
         checkpoint=lambda done, png: saved.append((done, PIL.Image.open(io.BytesIO(png)).size)),
         checkpoint_every=4,
-        stop=lambda done, loss: True,
+        pace=lambda done, loss: 0,
     )
     assert saved == [(4, (20, 14)), (8, (20, 14)), (12, (20, 14)), (16, (40, 29)), (20, (80, 58))]
     assert result.image.size == (80, 58)  # stopped after the first chunk of the last scale
     assert sum(int(inputs["steps"]) for inputs in model.of(chunked.PIXELS)) == 20
+
+
+@pytest.mark.parametrize(
+    ("paced", "calls", "asked"),
+    [
+        ({25: 2, 27: 0}, [5, 5, 5, 5, 5, 2], [25, 27]),  # 2 steps, then the end before the run's 30
+        ({25: 1, 26: 3, 29: 99}, [5, 5, 5, 5, 5, 1, 3, 1], [25, 26, 29]),  # never past the chunk or the steps
+    ],
+)
+def test_pace_sets_the_last_scales_later_calls_and_can_end_the_run(paced, calls, asked):
+    model, seen = FakeModel(), []
+
+    def pace(done: int, loss: float) -> int:
+        seen.append(done)
+        return paced[done]
+
+    result = run(model, steps=30, scales=(20,), pace=pace)  # 20 steps at 20 px, then 10 at 80 px
+    assert [int(inputs["steps"]) for inputs in model.of(chunked.PIXELS)] == calls
+    assert seen == asked  # only after the last scale's calls that leave steps to run
+    last = model.of(chunked.PIXELS)[-1]
+    assert result.png == FakeModel()(chunked.PIXELS, last, ())["image_bytes"]
 
 
 def test_ctrl_c_in_a_later_scale_gives_the_last_finished_chunk():

@@ -42,20 +42,35 @@ def gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_gram_and_its_one_matmul_gradient_match_numpy(precision):
-    """G = F^T F / (H W), and the gradient of sum(A * G) is F (A + A^T) / (H W) for any A (not
-    symmetric here): in float32 to rounding, in bfloat16 (features from a bfloat16 network, so
-    exactly representable) to bfloat16's rounding."""
-    f = tf.cast(tf.cast(features(12, 10, 16, seed=3), precision), tf.float32)
+    """G = F^T F / (H W) in float32, and the gradient of sum(A * G) is F (A + A^T) / (H W) for any A
+    (not symmetric here), in the features' precision: in float32 to rounding, in bfloat16 (the
+    features of a bfloat16 network) to bfloat16's rounding."""
+    f = tf.cast(features(12, 10, 16, seed=3), precision)
     a = RNG.normal(size=(1, 16, 16)).astype(np.float32)
     with tf.GradientTape() as tape:
         tape.watch(f)
-        g = losses.gram(f, tf.dtypes.as_dtype(precision))
+        g = losses.gram(f)
         objective = tf.reduce_sum(a * g)
-    flat = f.numpy().reshape(120, 16).astype(np.float64)
+    gradient = tape.gradient(objective, f)
+    assert (g.dtype, gradient.dtype) == (tf.float32, f.dtype)
+    flat = tf.cast(f, tf.float64).numpy().reshape(120, 16)
     np.testing.assert_allclose(g.numpy()[0], flat.T @ flat / 120, rtol=1e-5, atol=1e-6)
     expected = (flat @ (a[0] + a[0].T) / 120).reshape(1, 12, 10, 16)
     tolerance = 1e-5 if precision == "float32" else 1e-2
-    np.testing.assert_allclose(tape.gradient(objective, f).numpy(), expected, atol=tolerance * np.abs(expected).max())
+    got = tf.cast(gradient, tf.float64).numpy()
+    np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max())
+
+
+def test_tv_loss_and_its_written_out_gradient_match_autodiff_of_the_reference_formula():
+    image = tf.constant(RNG.uniform(size=(1, 7, 9, 3)).astype(np.float32))
+    weight = tf.constant(30.0)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(image)
+        got = losses.tv_loss(image, weight) * 0.5  # an upstream gradient other than 1
+        x_var, y_var = image[:, :, 1:, :] - image[:, :, :-1, :], image[:, 1:, :, :] - image[:, :-1, :, :]
+        expected = weight * (tf.reduce_mean(x_var**2) + tf.reduce_mean(y_var**2)) * 0.5  # tests/reference.py's
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(got, image), tape.gradient(expected, image), rtol=1e-5, atol=1e-7)
 
 
 def test_sqrtm_is_the_symmetric_square_root():
