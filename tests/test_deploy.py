@@ -161,7 +161,7 @@ def test_sizing_inputs_are_the_readmes_measurements():
     assert math.isclose(SIZING["request_gib_at_largest"], lbfgs_gib - SIZING["baseline_gib"]), "L-BFGS is the default"
     assert lbfgs_gib > adam_gib
     assert SIZING["adam_seconds_per_step_at_largest"] == adam_s
-    assert f"an L-BFGS step costs about {SIZING['lbfgs_step_in_adam_steps']} Adam steps" in readme.replace("\n", " ")
+    assert f"an L-BFGS step cost about {SIZING['lbfgs_step_in_adam_steps']} Adam steps" in readme.replace("\n", " ")
 
 
 def test_resources_and_threads_follow_from_the_sizing():
