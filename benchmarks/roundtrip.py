@@ -77,9 +77,10 @@ def photo_like(height: int, width: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def start_devserver(model_dir: pathlib.Path) -> tuple[subprocess.Popen, str]:
+def start_devserver(model_dir: pathlib.Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """nst-devserver with `flags` on a free loopback port: (process, "127.0.0.1:PORT")."""
     process = subprocess.Popen(
-        [pathlib.Path(sys.executable).parent / "nst-devserver", "--model-dir", str(model_dir), "--port", "0"],
+        [pathlib.Path(sys.executable).parent / "nst-devserver", "--model-dir", str(model_dir), "--port", "0", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

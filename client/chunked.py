@@ -45,12 +45,13 @@ Checkpoint = Callable[[int, bytes], None]
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """A finished run: the PNG the model encoded, its final losses, and the version that ran it
-    (None where the API does not say, as over REST)."""
+    """A finished run: the PNG the model encoded, its final losses, the version that ran it
+    (None where the API does not say, as over REST), and how long its calls waited for a free replica."""
 
     png: bytes
     losses: dict[str, float]
     model_version: int | None
+    waited_s: float = 0.0
 
     @property
     def image(self) -> PIL.Image.Image:

@@ -25,7 +25,14 @@ from .chunked import Interrupted, scales_problem
 from .errors import ClientError, InputError, ServerError
 from .output import checkpoint_path, prepare_output
 from .progress import ProgressBar
-from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_SCALES, DEFAULT_TIMEOUT_S
+from .settings import (
+    DEFAULT_CHUNK,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_RETRIES,
+    DEFAULT_SCALES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_WAIT_S,
+)
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
@@ -42,7 +49,8 @@ commands:
 
 exit codes:
   {errors.EXIT_OK}  success
-  {errors.EXIT_SERVER_ERROR}  the server failed the call (e.g. NOT_FOUND: no such model or version)
+  {errors.EXIT_SERVER_ERROR}  the server failed the call (e.g. NOT_FOUND: no such model or version; RESOURCE_EXHAUSTED:
+     every replica stayed busy for --wait seconds)
   {errors.EXIT_BAD_INPUT}  bad input: usage, an unreadable image, or INVALID_ARGUMENT from the model
   {errors.EXIT_UNREACHABLE}  no server at the address (UNAVAILABLE after the retries)
   {errors.EXIT_DEADLINE}  a call ran past --timeout (DEADLINE_EXCEEDED)
@@ -199,11 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the gRPC server to accept a connection (default %(default)g)",
     )
     server.add_argument(
+        "--wait",
+        type=lambda text: _seconds(text, zero=True),
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help="how long each call waits for a free replica while all refuse it as busy (RESOURCE_EXHAUSTED): "
+        "the other replicas at once, then again after pauses of a few seconds (default %(default)g; 0: fail)",
+    )
+    server.add_argument(
         "--retries",
         type=_count,
         default=DEFAULT_RETRIES,
-        help="retries, with backoff and on another replica where there is one, of calls lost or refused for want "
-        "of a server: UNAVAILABLE, CANCELLED by the server, RESOURCE_EXHAUSTED when busy (default %(default)s)",
+        help="retries, with backoff and on another replica where there is one, of calls whose server went away: "
+        "UNAVAILABLE, CANCELLED by the server (default %(default)s)",
     )
 
     tls = parser.add_argument_group("TLS (gRPC; default: plaintext)")
@@ -314,7 +330,12 @@ def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
         from .rest_client import RestClient
 
         return RestClient(
-            args.rest, model_name=args.model_name, version=args.model_version, timeout=timeout, retries=args.retries
+            args.rest,
+            model_name=args.model_name,
+            version=args.model_version,
+            timeout=timeout,
+            retries=args.retries,
+            wait=args.wait,
         )
     from .grpc_client import NSTClient
 
@@ -325,6 +346,7 @@ def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
         timeout=timeout,
         connect_timeout=args.connect_timeout,
         retries=args.retries,
+        wait=args.wait,
         tls=args.tls,
         ca_file=args.ca_file,
         client_cert=args.client_cert,
@@ -341,6 +363,14 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
     def save(steps: int, png: bytes) -> None:
         checkpoint_path(output, steps).write_bytes(png)
 
+    announced = False
+
+    def announce_wait(seconds: float) -> None:  # a one-call run has no progress bar to show its wait
+        nonlocal announced
+        if not announced:
+            announced = True
+            print(f"nst-client: every replica is busy; waiting up to {args.wait:g} s for a free one", file=sys.stderr)
+
     if args.rest:
         result = client.run(content, styles, **args.options)
     else:
@@ -356,6 +386,7 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
                     checkpoint=save if args.save_every else None,
                     checkpoint_every=args.save_every,
                     scales=args.scales,
+                    on_wait=bar.waiting if not one_call else None if args.quiet else announce_wait,
                     **args.options,
                 )
         except Interrupted as e:
@@ -373,9 +404,10 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
     if not args.quiet:
         losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
         version = f" by version {result.model_version}" if result.model_version is not None else ""
+        waited = f", {result.waited_s:.1f} s of it waiting for a free replica" if result.waited_s else ""
         print(
             f"wrote {args.output} ({result.image.width}x{result.image.height}) in "
-            f"{time.perf_counter() - started:.1f} s{version}; {losses}",
+            f"{time.perf_counter() - started:.1f} s{version}{waited}; {losses}",
             file=sys.stderr,
         )
 

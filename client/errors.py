@@ -7,11 +7,14 @@ module does not import grpc: `nst-client --help` and usage errors stay instant.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
+
+from .settings import BUSY_BACKOFF_BASE_S, BUSY_BACKOFF_CAP_S
 
 if TYPE_CHECKING:
     import grpc
@@ -67,6 +70,11 @@ class ServerError(ClientError):
             return not (_OUT_OF_MEMORY.search(self.details) or _TOO_LARGE_MESSAGE in self.details)
         return self.code.name in RETRYABLE
 
+    @property
+    def busy(self) -> bool:
+        """Whether the server refused the call for want of room (a wait), rather than went away."""
+        return self.retryable and self.code.name == "RESOURCE_EXHAUSTED"
+
 
 def clean_message(details: str) -> str:
     """The line of a TensorFlow error that says what is wrong, without its decoration: the project's
@@ -108,15 +116,57 @@ def _oom_line(message: str) -> str:
     return message.split(" and type ")[0] if message.startswith("OOM when allocating") else message
 
 
-def with_retries(call: Callable[[], T], retries: int) -> T:
-    """`call()`, retried up to `retries` times with jittered exponential backoff (0.25 s doubling,
-    at most 4 s) while it fails with a retryable ServerError; any other error is final."""
-    attempt = 0
+@dataclasses.dataclass
+class Waiting:
+    """How long the calls of a run waited for a free replica: `total_s` in all, and `report(seconds)`
+    told how long the call in hand has waited so far, before each pause (a progress bar shows it)."""
+
+    report: Callable[[float], None] | None = None
+    total_s: float = 0.0
+
+
+def with_retries(
+    call: Callable[[], T], retries: int, wait_s: float = 0.0, replicas: int = 1, waiting: Waiting | None = None
+) -> T:
+    """`call()`, tried again while it fails for want of a server; any other error is final.
+
+    A busy refusal (RESOURCE_EXHAUSTED, not out of memory) is a wait, not a failure: the next try goes at
+    once while other replicas may have room (each try goes to the next of `replicas`), and once each has
+    refused, after a pause with full jitter (settings.BUSY_BACKOFF_*), until `wait_s` seconds have passed
+    since the first refusal (0: each replica is tried once). A server gone (UNAVAILABLE, CANCELLED) is
+    tried again up to `retries` times, with jittered exponential backoff (0.25 s doubling, at most 4 s):
+    a budget of its own, since a dead replica does not come back by waiting long.
+    """
+    gone = refused = 0
+    first_refusal = None
     while True:
+        started = time.monotonic()
         try:
-            return call()
+            result = call()
+            if waiting is not None and first_refusal is not None:
+                waiting.total_s += started - first_refusal
+            return result
         except ServerError as e:
-            if not e.retryable or attempt >= retries:
+            if not e.retryable:
                 raise
-        time.sleep(min(0.25 * 2**attempt, 4.0) * random.uniform(0.8, 1.2))
-        attempt += 1
+            if not e.busy:
+                if gone >= retries:
+                    raise
+                time.sleep(min(0.25 * 2**gone, 4.0) * random.uniform(0.8, 1.2))
+                gone += 1
+                continue
+            now = time.monotonic()
+            first_refusal = now if first_refusal is None else first_refusal
+            refused += 1
+            if refused % max(replicas, 1):
+                continue  # at once: another replica may have room
+            waited = now - first_refusal
+            if waited >= wait_s:
+                if wait_s:
+                    raise ServerError(e.code, f"{e.details} (every replica stayed busy for {waited:.0f} s)") from None
+                raise
+            if waiting is not None and waiting.report is not None:
+                waiting.report(waited)
+            rounds = refused // max(replicas, 1) - 1
+            pause = random.uniform(0, min(BUSY_BACKOFF_CAP_S, BUSY_BACKOFF_BASE_S * 2**rounds))
+            time.sleep(min(pause, wait_s - waited))

@@ -35,9 +35,16 @@ from tensorflow_serving.apis import (
 
 from . import chunked, contract, tensors
 from .contract import Result
-from .errors import ClientError, InputError, ServerError, with_retries
+from .errors import ClientError, InputError, ServerError, Waiting, with_retries
 from .images import ImageLike, encode
-from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_SCALES, DEFAULT_TIMEOUT_S
+from .settings import (
+    DEFAULT_CHUNK,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_RETRIES,
+    DEFAULT_SCALES,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_WAIT_S,
+)
 
 CHANNEL_OPTIONS = (
     # The server accepts messages up to 2 GiB; gRPC's Python default receive limit is 4 MiB.
@@ -74,10 +81,11 @@ class NSTClient:
 
     `timeout` is the deadline of each call in seconds (None: no deadline); the server stops
     the run when it passes. The first call waits up to `connect_timeout` seconds for a
-    server; a call that then fails because no replica could take it or its replica went away
-    (UNAVAILABLE, CANCELLED by the server, RESOURCE_EXHAUSTED from a busy server) is retried
-    `retries` times with backoff, reaching another replica where there is one: runs are pure
-    functions of their inputs, so a chunked run goes on from its last finished chunk.
+    server. A call every replica refuses as busy (RESOURCE_EXHAUSTED) waits for a free one for
+    up to `wait` seconds, trying the other replicas first, then pausing with full jitter; a call
+    whose replica went away (UNAVAILABLE, CANCELLED by the server) is retried `retries` times with
+    backoff, on another replica where there is one. Runs are pure functions of their inputs, so a
+    chunked run goes on from its last finished chunk.
 
     TLS: `tls=True` trusts the system's root certificates, `ca_file` (implies TLS) a PEM file of
     CA certificates instead; `client_cert` and `client_key` (PEM) add a client certificate for
@@ -98,6 +106,7 @@ class NSTClient:
         timeout: float | None = DEFAULT_TIMEOUT_S,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
+        wait: float = DEFAULT_WAIT_S,
         tls: bool = False,
         ca_file: str | os.PathLike | None = None,
         client_cert: str | os.PathLike | None = None,
@@ -111,11 +120,15 @@ class NSTClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
+        self.wait = wait
         self.tls = tls or any(arg is not None for arg in (ca_file, client_cert, client_key, tls_server_name))
         if channel is None:
             target, options = channel_target(server, tls_server_name, self.tls)
             credentials = _credentials(ca_file, client_cert, client_key) if self.tls else None
             channel = _channel(target, credentials, options)
+            self._replicas = replica_count(target)
+        else:
+            self._replicas = 1
         self._channel = channel
         self._closed = False
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -147,6 +160,7 @@ class NSTClient:
         checkpoint: chunked.Checkpoint | None = None,
         checkpoint_every: int = 0,
         scales: Sequence[int] = DEFAULT_SCALES,
+        on_wait: Callable[[float], None] | None = None,
         **options: object,
     ) -> Result:
         """Run the model on a content image and one or more style images (paths, encoded bytes,
@@ -157,7 +171,8 @@ class NSTClient:
         default applies. `chunk` > 0 runs `chunk` steps per call and reports to `progress`
         before the first call and after each; 0 sends one call. `checkpoint(steps, png)` gets the
         image every `checkpoint_every` steps; `scales` runs coarse-to-fine (nst_client.chunked.plan).
-        Every call of a run goes to the version that took
+        `on_wait(seconds)` hears how long a call has waited for a free replica, before each pause; the
+        result's `waited_s` is the run's whole wait. Every call of a run goes to the version that took
         its first call. Ctrl-C raises nst_client.chunked.Interrupted with the last finished image.
         """
         if chunk < 0:
@@ -170,10 +185,12 @@ class NSTClient:
         content_bytes = encode(content, "content")
         styles = [encode(s, "style") for s in contract.as_list(style)]
         version = self.version
+        waiting = Waiting(on_wait)
 
         def call(signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
             nonlocal version
-            response = self._predict(signature, {k: tensors.to_proto(v) for k, v in inputs.items()}, outputs, version)
+            protos = {k: tensors.to_proto(v) for k, v in inputs.items()}
+            response = self._predict(signature, protos, outputs, version, waiting)
             version = response.model_spec.version.value  # every call of the run uses this version
             return {k: tensors.to_array(v) for k, v in response.outputs.items()}
 
@@ -189,7 +206,7 @@ class NSTClient:
             checkpoint_every=checkpoint_every,
             scales=scales,
         )
-        return dataclasses.replace(result, model_version=version)
+        return dataclasses.replace(result, model_version=version, waited_s=waiting.total_s)
 
     def default_steps(self) -> int:
         """The model's default number of steps, from its serving_default signature."""
@@ -267,17 +284,20 @@ class NSTClient:
         inputs: Mapping[str, tensor_pb2.TensorProto],
         output_filter: Sequence[str] = (),
         version: int | None = None,
+        waiting: Waiting | None = None,
     ) -> predict_pb2.PredictResponse:
         request = predict_pb2.PredictRequest(
             model_spec=self._model_spec(signature, version), output_filter=list(output_filter)
         )
         for name, proto in inputs.items():
             request.inputs[name].CopyFrom(proto)
-        return self._call(self._predictions.Predict, request)
+        return self._call(self._predictions.Predict, request, waiting)
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: message.Message) -> Any:
-        """`method(request)` with the deadline; retryable failures are retried (each try goes to the next
-        replica that is up), other errors raise ServerError."""
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable, request: message.Message, waiting: Waiting | None = None
+    ) -> Any:
+        """`method(request)` with the deadline; retryable failures are tried again (each try goes to the next
+        replica that is up, see errors.with_retries), other errors raise ServerError."""
         self._wait_until_ready()
 
         def invoke() -> Any:
@@ -294,7 +314,7 @@ class NSTClient:
                 call.cancel()  # the server drops the call; a Session run already started ends on its own
                 raise
 
-        return with_retries(invoke, self.retries)
+        return with_retries(invoke, self.retries, self.wait, self._replicas, waiting)
 
     def _wait_until_ready(self) -> None:
         if self._ready.is_set():
@@ -390,6 +410,24 @@ def list_target(replicas: Sequence[tuple[str, int]], resolve: Callable[..., list
         "the servers of a list must all have IPv4 or all have IPv6 addresses (gRPC takes one family per list); "
         "use a DNS name that returns them all, as dns:///name:port"
     )
+
+
+def replica_count(target: str, resolve: Callable[..., list] = socket.getaddrinfo) -> int:
+    """How many replicas a channel's calls go round: the addresses of an "ipv4:"/"ipv6:" list, those a
+    DNS name has now (best effort: 1 where it does not resolve), 1 for other targets. Busy refusals are
+    tried on as many replicas at once before the client pauses."""
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return len(rest.split(","))
+    if scheme in TARGET_SCHEMES and scheme != "dns":
+        return 1
+    address = target.removeprefix("dns:").rsplit("/", 1)[-1]  # dns:[//authority/]host:port
+    host, port = re.fullmatch(r"\[?(.*?)\]?(?::(\d+))?", address).groups()
+    try:
+        infos = resolve(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return 1
+    return max(1, len({info[4][0] for info in infos}))
 
 
 def channel_target(server: str, tls_server_name: str | None, tls: bool) -> tuple[str, list[tuple[str, Any]]]:

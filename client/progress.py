@@ -30,6 +30,11 @@ class ProgressBar:
             self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         self.bar.update(done - self.bar.n)  # redraws, with the postfix just set
 
+    def waiting(self, seconds: float) -> None:
+        """Say that the run waits for a free replica, and for how long so far (NSTClient.run's on_wait)."""
+        if self.bar is not None:  # the next step's tick shows the loss again
+            self.bar.set_postfix_str(f"waiting for a free replica: {seconds:.0f} s")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()  # draws the final line once

@@ -27,7 +27,7 @@ from . import chunked, contract, tensors
 from .contract import Result
 from .errors import ServerError, with_retries
 from .images import ImageLike, encode
-from .settings import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+from .settings import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_WAIT_S
 
 # The server's mapping of status codes to HTTP (model_servers/http_server.cc), reversed.
 # 400 also stands for FAILED_PRECONDITION and OUT_OF_RANGE; 500 for INTERNAL and DATA_LOSS.
@@ -49,7 +49,9 @@ class RestClient:
     """The REST counterpart of NSTClient (same options and results, one call per run).
 
     `base_url` is the server's REST address, e.g. "http://localhost:8501". `timeout` bounds
-    each call in seconds; the server has its own limit, --rest_api_timeout_in_ms.
+    each call in seconds; the server has its own limit, --rest_api_timeout_in_ms. A call refused as
+    busy (429) waits up to `wait` seconds for room, as NSTClient's do; one whose server is gone is
+    retried `retries` times.
     """
 
     def __init__(
@@ -60,12 +62,14 @@ class RestClient:
         version: int | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         retries: int = DEFAULT_RETRIES,
+        wait: float = DEFAULT_WAIT_S,
     ):
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.version = version
         self.timeout = timeout
         self.retries = retries
+        self.wait = wait
         self._signature: meta_graph_pb2.SignatureDef | None = None  # fetched once: it types the options
 
     def stylize(self, content: ImageLike, style: ImageLike | Sequence[ImageLike], **options: object) -> PIL.Image.Image:
@@ -110,7 +114,7 @@ class RestClient:
             url += f"/versions/{self.version}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url + suffix, data=data, headers={"Content-Type": "application/json"})
-        return with_retries(lambda: self._send(request), self.retries)
+        return with_retries(lambda: self._send(request), self.retries, self.wait)
 
     def _send(self, request: urllib.request.Request) -> dict:
         try:

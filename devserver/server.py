@@ -107,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         "tensorflow_model_server",
         flush=True,
     )
+
+    def stop(*_: object) -> None:
+        started.health.enter_graceful_shutdown()  # probes hear NOT_SERVING while calls in flight finish
+        server.stop(grace=5)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: server.stop(grace=5))
+        signal.signal(signum, stop)
     server.wait_for_termination()
     if started.rest is not None:
         started.rest.shutdown()
@@ -123,6 +128,7 @@ class Started(NamedTuple):
     port: int
     warmed: int  # warmup requests replayed
     tls: bool
+    health: Any  # grpc_health.v1.health.HealthServicer
     rest: Any = None  # http.server.ThreadingHTTPServer, with --rest-port
     rest_port: int | None = None
 
@@ -130,6 +136,7 @@ class Started(NamedTuple):
 def start(args: argparse.Namespace) -> Started:
     """Import TensorFlow, load and warm up every version, and listen."""
     import tensorflow as tf
+    from grpc_health.v1.health import HealthServicer
 
     from nst_devserver.serving import Model, RunSlots, serve, server_credentials
 
@@ -146,7 +153,8 @@ def start(args: argparse.Namespace) -> Started:
     try:
         warmed = model.warm_up()
         slots = RunSlots(args.max_concurrent, args.max_queue)
-        server, port = serve(model, args.host, args.port, slots=slots, credentials=credentials)
+        health = HealthServicer()
+        server, port = serve(model, args.host, args.port, slots=slots, credentials=credentials, health_checks=health)
         rest, rest_port = None, None
         if args.rest_port is not None:  # the same run slots: REST and gRPC calls share the bound
             from nst_devserver.rest import serve_rest
@@ -155,7 +163,7 @@ def start(args: argparse.Namespace) -> Started:
     except (RuntimeError, OSError) as e:
         model.close()
         raise StartError(str(e), 1) from None
-    return Started(model, server, port, warmed, credentials is not None, rest, rest_port)
+    return Started(model, server, port, warmed, credentials is not None, health, rest, rest_port)
 
 
 if __name__ == "__main__":

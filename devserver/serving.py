@@ -36,6 +36,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 import tensorflow as tf
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
@@ -80,7 +81,7 @@ _VALUE_FIELDS = {
     types_pb2.DT_COMPLEX64: ("scomplex_val", 2),
     types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
 }
-SPARE_THREADS = 4  # threads beyond the run slots and the queue: metadata and status calls never wait
+SPARE_THREADS = 4  # threads beyond the run slots and the queue: health, metadata and status calls never wait
 # Output dtypes and the TensorProto field the real server fills for them (Tensor::AsProtoField).
 _PROTO_FIELDS = {
     np.dtype(np.float32): "float_val",
@@ -493,10 +494,16 @@ def serve(
     *,
     slots: RunSlots | None = None,
     credentials: grpc.ServerCredentials | None = None,
+    health_checks: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving `model`, with Predict calls bounded by `slots` (default: one run per CPU,
     four queued per CPU) and over TLS with `credentials`; returns the server and its port
-    (useful with port 0: any free one)."""
+    (useful with port 0: any free one).
+
+    grpc.health.v1.Health answers for the server as a whole (service ""), as tensorflow_model_server
+    --enable_grpc_healthcheck_service does: SERVING from the start (the model is loaded and warmed by
+    then) until `health_checks.enter_graceful_shutdown()`. It runs on the spare threads, so a probe is
+    answered at once while calls run and wait."""
     cores = os.cpu_count() or 1
     slots = slots or RunSlots(running=cores, waiting=4 * cores)
     # A queued call holds a thread, so the pool covers the slots and the queue; gRPC refuses
@@ -509,6 +516,9 @@ def serve(
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(model, slots), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model), server)
+    health_checks = health_checks or health.HealthServicer()
+    health_checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_checks, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         if credentials is None:

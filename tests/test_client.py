@@ -45,7 +45,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from nst_client import NSTClient, RestClient, ServerError, chunked, cli, contract, errors, images, tensors
+from nst_client import NSTClient, RestClient, ServerError, chunked, cli, contract, errors, images, settings, tensors
 from nst_devserver import serving as ds
 from nst_model.options import DEFAULTS, MAX_STEPS
 
@@ -213,8 +213,8 @@ def test_unreachable_server(capsys, image_files, tmp_path):
     assert err.startswith(f"nst-client: error: UNAVAILABLE: cannot reach a model server at http://127.0.0.1:{port}")
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED])
-def test_calls_the_server_did_not_run_are_retried_with_backoff(monkeypatch, code):
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+def test_calls_whose_server_went_away_are_retried_with_backoff(monkeypatch, code):
     sleeps, calls = [], []
     monkeypatch.setattr(errors.time, "sleep", sleeps.append)
 
@@ -224,12 +224,83 @@ def test_calls_the_server_did_not_run_are_retried_with_backoff(monkeypatch, code
             raise ServerError(code, "not now")
         return "ok"
 
-    assert errors.with_retries(flaky, retries=3) == "ok"
+    assert errors.with_retries(flaky, retries=3, wait_s=3600, replicas=3) == "ok"
     assert len(sleeps) == 3 and sleeps[0] < sleeps[1] < sleeps[2] <= 4.0 * 1.2  # jittered, doubling
     calls.clear()
     with pytest.raises(ServerError) as info:
-        errors.with_retries(flaky, retries=1)
+        errors.with_retries(flaky, retries=1, wait_s=3600)  # the wait for a busy replica is not theirs
     assert info.value.code == code and len(calls) == 2
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for errors.with_retries: sleeping advances the clock, nothing waits."""
+
+    def __init__(self, monkeypatch):
+        self.now, self.sleeps = 1000.0, []
+        monkeypatch.setattr(errors.time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(errors.time, "sleep", self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_busy_refusal_is_a_wait_on_its_own_budget(monkeypatch):
+    """Busy refusals go to the other replicas at once, then wait with full jitter (pauses drawn from 0 to a
+    bound that doubles up to a cap) until the wait budget is spent; `retries` does not bound them."""
+    clock = FakeClock(monkeypatch)
+    bounds = []
+    monkeypatch.setattr(errors.random, "uniform", lambda low, high: bounds.append((low, high)) or high)
+    calls, reports = [], []
+
+    def busy():
+        calls.append(clock.now)
+        clock.now += 0.01  # a refusal takes a moment
+        raise ServerError(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: ...; retry later")
+
+    waiting = errors.Waiting(reports.append)
+    with pytest.raises(ServerError) as info:
+        errors.with_retries(busy, retries=0, wait_s=20, replicas=3, waiting=waiting)
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.message == "server busy: ...; retry later (every replica stayed busy for 20 s)"
+    assert all(low == 0 for low, _ in bounds)  # full jitter
+    highs = [high for _, high in bounds]
+    assert highs[:5] == [0.5, 1.0, 2.0, 4.0, 4.0] and set(highs[3:]) == {settings.BUSY_BACKOFF_CAP_S}
+    assert clock.sleeps[:-1] == highs[:-1] and clock.sleeps[-1] <= highs[-1]  # the last pause ends at the budget
+    # Three tries (one per replica) between pauses, the first three at once.
+    assert len(calls) == 3 * (len(clock.sleeps) + 1)
+    assert calls[2] - calls[0] == pytest.approx(0.02)
+    assert reports == sorted(reports) and reports[0] == pytest.approx(0.02) and reports[-1] < 20
+    assert waiting.total_s == 0  # no call got through
+
+
+def test_the_wait_ends_when_a_replica_has_room_and_is_counted(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    monkeypatch.setattr(errors.random, "uniform", lambda low, high: high)
+    outcomes = iter(["busy"] * 5 + ["ok"])
+
+    def call():
+        if next(outcomes) == "busy":
+            raise ServerError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Server Threadpool Exhausted")
+        return "ran"
+
+    waiting = errors.Waiting()
+    assert errors.with_retries(call, retries=0, wait_s=60, replicas=2, waiting=waiting) == "ran"
+    assert clock.sleeps == [0.5, 1.0]  # after the 2nd and 4th refusals: each replica once per round
+    assert waiting.total_s == pytest.approx(1.5)
+
+
+def test_no_wait_tries_each_replica_once(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    calls = []
+
+    def busy():
+        calls.append(1)
+        raise ServerError(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
+
+    with pytest.raises(ServerError) as info:
+        errors.with_retries(busy, retries=3, wait_s=0, replicas=3)
+    assert len(calls) == 3 and clock.sleeps == [] and info.value.message == "server busy"
 
 
 @pytest.mark.parametrize(
@@ -255,8 +326,8 @@ def test_a_busy_server_is_retried_until_it_has_room(serving, content_png, style_
     decode = {"image": content_png, "max_dim": np.int32(16)}
     try:
         with (
-            NSTClient(f"127.0.0.1:{port}", timeout=4, retries=0) as once,
-            NSTClient(f"127.0.0.1:{port}", retries=6, timeout=None) as patient,  # backoff 0.25 s doubling: past 4 s
+            NSTClient(f"127.0.0.1:{port}", timeout=4, wait=0) as once,
+            NSTClient(f"127.0.0.1:{port}", retries=0, timeout=None) as patient,  # waits for room, however long
             concurrent.futures.ThreadPoolExecutor(1) as pool,
         ):
             # The Session builds an executor per set of inputs and outputs before a deadline applies

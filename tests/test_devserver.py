@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default, wait_for
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
@@ -494,7 +495,7 @@ def tiny_server(serving):
 
 
 def test_a_full_server_refuses_at_once_and_serves_again(tiny_server, content_png, style_png):
-    predictions, slots, _ = tiny_server
+    predictions, slots, port = tiny_server
     long_run = predictions.Predict.future(request(**small(content_png, style_png, steps=10_000)), timeout=8)
     wait_for(lambda: slots.running == 1)
     queued = predictions.Predict.future(request("decode", image=content_png), timeout=60)
@@ -505,6 +506,12 @@ def test_a_full_server_refuses_at_once_and_serves_again(tiny_server, content_png
     assert time.monotonic() - started < 2  # refused at once, not queued
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details().endswith("already; retry later")
+    # A probe does not queue behind the work: the health service answers at once on a spare thread.
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        started = time.monotonic()
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert time.monotonic() - started < 2 and slots.running == 1 and slots.waiting == 1
 
     queued.cancel()  # a cancelled call leaves the queue: the next one may wait there
     wait_for(lambda: slots.waiting == 0)

@@ -97,7 +97,7 @@ def test_burst_of_good_and_bad_requests(soak_server):
     goods = good_requests()
     bads = bad_requests(goods[0].content, goods[0].style)
     process = soak_server["process"]
-    with NSTClient(soak_server["address"], timeout=300, retries=0) as client:  # retries would hide refusals
+    with NSTClient(soak_server["address"], timeout=300, wait=0) as client:  # waiting would hide refusals
         references = {request: request.send(client) for request in goods}  # one at a time
         assert len(set(references.values())) == len(goods)
 
