@@ -2,8 +2,8 @@
 
 No cluster is needed (or reachable): core objects are checked against the Kubernetes OpenAPI schemas
 that kubernetes-validate bundles, strictly (unknown fields fail) and with the network shut off;
-custom resources (InferenceService, ServiceMonitor, PrometheusRule) are checked field by field
-against their Go types and CRDs. Every size is recomputed from deploy/sizing.json, whose own
+custom resources (InferenceService, ServiceMonitor, PrometheusRule, ScaledObject) are checked field
+by field against their Go types and CRDs. Every size is recomputed from deploy/sizing.json, whose own
 figures are checked against README.md's measurements.
 """
 
@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 
 import kubernetes_validate
 import pytest
@@ -36,6 +37,14 @@ KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 KSERVE_RUNTIME_REST_PORT = 8080  # kserve-tensorflow-serving's --rest_api_port (config/runtimes)
 KNATIVE_MAX_REVISION_TIMEOUT_S = 600  # config-defaults max-revision-timeout-seconds, unless an operator raises it
 METRICS = (":tensorflow:serving:request_count", ":tensorflow:serving:request_latency_count")
+LATENCY_SUM = ":tensorflow:serving:request_latency_sum"  # microseconds of successful calls, by model_name and API
+MONITORING_NAMESPACE = "monitoring"
+CLIENT_NAMESPACE_LABEL = {"nst-serving/client": "true"}  # docs/deploy.md tells operators to set it
+# node-feature-discovery's labels for the CPU features that make bfloat16 pay (docs/usage/features.md there).
+BFLOAT16_NODE_LABELS = (
+    "feature.node.kubernetes.io/cpu-cpuid.AMXBF16",
+    "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16",
+)
 
 
 def documents(path: pathlib.Path) -> list[dict]:
@@ -70,21 +79,34 @@ def isvc() -> dict:
     return documents(DEPLOY / "kserve" / "inferenceservice.yaml")[0]
 
 
+def memory(calls: int) -> str:
+    """The memory of a pod running `calls` runs at the largest size at once."""
+    gib = (SIZING["baseline_gib"] + calls * SIZING["request_gib_at_largest"]) * (1 + SIZING["memory_headroom"])
+    return f"{math.ceil(gib)}Gi"
+
+
+def chunk_s(calls: int) -> int:
+    """One chunk at the largest size: 25 L-BFGS steps and a call's fixed work, in Adam steps timed on the
+    benchmark's cores, slowed by `calls` runs sharing the pod's cores."""
+    adam_steps = SIZING["chunk_steps"] * SIZING["lbfgs_step_in_adam_steps"] + SIZING["call_overhead_in_adam_steps"]
+    share = SIZING["benchmark_cpus"] / (SIZING["cpus"] / calls)
+    return math.ceil(adam_steps * SIZING["adam_seconds_per_step_at_largest"] * share)
+
+
 def sized() -> dict:
     """Every number the manifests must carry, from deploy/sizing.json."""
     calls = SIZING["calls_per_replica"]
-    memory_gib = (SIZING["baseline_gib"] + calls * SIZING["request_gib_at_largest"]) * (1 + SIZING["memory_headroom"])
-    # One chunk at the largest size: 25 L-BFGS steps and a call's fixed work, in Adam steps timed on the
-    # benchmark's cores, slowed by `calls` runs sharing the pod's cores.
-    adam_steps = SIZING["chunk_steps"] * SIZING["lbfgs_step_in_adam_steps"] + SIZING["call_overhead_in_adam_steps"]
-    share = SIZING["benchmark_cpus"] / (SIZING["cpus"] / calls)
+    kserve_calls = SIZING["kserve_calls_per_replica"]
     return {
-        "memory": f"{math.ceil(memory_gib)}Gi",
+        "memory": memory(calls),
         "cpu": str(SIZING["cpus"]),
         "grpc_max_threads": SIZING["grpc_calls"] + SIZING["grpc_polling_threads"],
         "rest_api_num_threads": calls - SIZING["grpc_calls"],
-        "container_concurrency": calls,
-        "chunk_s": math.ceil(adam_steps * SIZING["adam_seconds_per_step_at_largest"] * share),
+        "chunk_s": chunk_s(calls),
+        "container_concurrency": kserve_calls,
+        "kserve_memory": memory(kserve_calls),
+        "kserve_chunk_s": chunk_s(kserve_calls),
+        "busy_calls_target": SIZING["grpc_calls"] * SIZING["scale_target_utilization"],
     }
 
 
@@ -98,6 +120,9 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+OVERLAYS = ("version-labels", "keda", "bfloat16")  # folders of deploy/ built on deploy/kubernetes
 
 
 def kustomize(folder: pathlib.Path) -> list[dict]:
@@ -144,6 +169,7 @@ def test_request_timeouts_agree():
     assert int(flags(predictor["model"]["args"])["--rest_api_timeout_in_ms"]) == timeout_s * 1000
     assert timeout_s >= NSTClient.__init__.__kwdefaults__["timeout"]
     assert timeout_s <= KNATIVE_MAX_REVISION_TIMEOUT_S, "beyond it, docs/deploy.md's Knative settings are needed"
+    assert sized()["kserve_chunk_s"] <= predictor["timeout"], "a chunk at the largest size must pass queue-proxy"
 
 
 # ---- sizes -----------------------------------------------------------------------------------------
@@ -175,8 +201,14 @@ def test_resources_and_threads_follow_from_the_sizing():
     assert int(args["--tensorflow_session_parallelism"]) == SIZING["cpus"]
     predictor = isvc()["spec"]["predictor"]
     assert predictor["containerConcurrency"] == expected["container_concurrency"]
-    assert predictor["model"]["resources"] == main["resources"]
-    assert int(flags(predictor["model"]["args"])["--tensorflow_session_parallelism"]) == SIZING["cpus"]
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("concurrency", expected["container_concurrency"])
+    kserve_quantities = {"cpu": expected["cpu"], "memory": expected["kserve_memory"]}
+    assert predictor["model"]["resources"] == {"requests": kserve_quantities, "limits": kserve_quantities}
+    kserve_args = flags(predictor["model"]["args"])
+    assert int(kserve_args["--tensorflow_session_parallelism"]) == SIZING["cpus"]
+    # The server admits over gRPC what queue-proxy lets through, no more: a call past queue-proxy is refused.
+    assert expected["container_concurrency"] <= SIZING["grpc_calls"]
+    assert int(kserve_args["--grpc_max_threads"]) == expected["grpc_max_threads"]
 
 
 def test_a_stopping_pod_may_finish_one_chunk():
@@ -184,17 +216,32 @@ def test_a_stopping_pod_may_finish_one_chunk():
     assert spec["terminationGracePeriodSeconds"] >= sized()["chunk_s"]
 
 
-def test_probes():
-    objects = base_objects()
-    main = container(one(objects, "Deployment"))
+def test_probes_ask_the_grpc_health_service():
+    """gRPC health checks run on gRPC's callback threads, not the --grpc_max_threads workers or the REST
+    threads that Predict calls hold (docs/deploy.md), and the stock server serves them only when told to."""
+    deployment = one(base_objects(), "Deployment")
+    main = container(deployment)
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert ports == {"grpc": 8500, "http": 8501}
-    status_path = f"/v1/models/{env()['MODEL_NAME']}"
-    for probe in ("startupProbe", "readinessProbe"):
-        assert main[probe]["httpGet"] == {"path": status_path, "port": "http"}, probe
+    assert flags(main["args"])["--enable_grpc_healthcheck_service"] == "true"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["grpc"] == {"port": ports["grpc"]}, probe  # service "": the whole server
+        assert not {"httpGet", "tcpSocket", "exec"} & set(main[probe]), probe
     startup = main["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= SIZING["load_and_warmup_allowance_s"]
-    assert main["livenessProbe"]["tcpSocket"] == {"port": "grpc"}  # never on the REST threads that Predicts hold
+    assert deployment["spec"]["progressDeadlineSeconds"] > SIZING["load_and_warmup_allowance_s"], (
+        "a rollout would be reported failed while its new pod still loads"
+    )
+
+
+def test_pods_spread_over_nodes_and_zones_and_stay_put():
+    template = one(base_objects(), "Deployment")["spec"]["template"]
+    spread = template["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread:
+        assert constraint["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert template["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert flags(container({"spec": {"template": template}})["args"])["--enable_profiler"] == "false"
 
 
 def test_the_stop_hook_is_valid_bash():
@@ -217,6 +264,39 @@ def test_non_root_read_only_with_a_writable_tmp():
     mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The image runs as the same user where no securityContext says otherwise (docker run).
+    (user,) = arguments("USER")
+    context = spec["securityContext"]
+    assert user == f"{context['runAsUser']}:{context['runAsGroup']}"
+
+
+def test_the_network_policy_admits_callers_and_the_scraper_only():
+    objects = base_objects()
+    deployment = one(objects, "Deployment")
+    ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+    policy = one(objects, "NetworkPolicy")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    admitted = {}
+    for rule in policy["spec"]["ingress"]:
+        ((selector),) = rule["from"]
+        assert set(selector) == {"namespaceSelector"}, "namespaces, never all pods or IP blocks"
+        key = tuple(sorted(selector["namespaceSelector"]["matchLabels"].items()))
+        admitted[key] = {(p["protocol"], p["port"]) for p in rule["ports"]}
+    monitor = one(documents(KUBERNETES / "prometheus-operator" / "servicemonitor.yaml"), "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    service = one(objects, "Service", "nst-serving")
+    scraped = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    assert admitted == {
+        tuple(CLIENT_NAMESPACE_LABEL.items()): {("TCP", ports["grpc"]), ("TCP", ports["http"])},
+        (("kubernetes.io/metadata.name", MONITORING_NAMESPACE),): {("TCP", ports[scraped["targetPort"]])},
+    }
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    label = "{}={}".format(*next(iter(CLIENT_NAMESPACE_LABEL.items())))
+    assert "kubectl label namespace" in docs and label in docs
 
 
 def test_services_budget_and_autoscaler_select_the_pods():
@@ -274,7 +354,7 @@ def test_metrics_are_served_and_scraped_at_one_path():
     deployment = one(objects, "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     rest_port = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}["http"]
-    assert annotations == {
+    assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(rest_port),
         "prometheus.io/path": config.path,
@@ -332,7 +412,8 @@ def test_kustomize_builds_the_base_with_the_image_and_the_optional_parts():
         (o["kind"], o["metadata"]["name"]) for o in base_objects()
     )
     (image,) = kustomization(KUBERNETES)["images"]
-    assert container(one(built, "Deployment"))["image"] == f"{image['newName']}:{image['newTag']}"
+    digest = f"@{image['digest']}" if "digest" in image else ""  # docs/deploy.md: pin by digest
+    assert container(one(built, "Deployment"))["image"] == f"{image['newName']}:{image['newTag']}{digest}"
     assert image["newTag"].startswith(pin)
     assert all(o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "nst-serving" for o in built)
     assert {o["kind"] for o in kustomize(KUBERNETES / "prometheus-operator")} == {"ServiceMonitor", "PrometheusRule"}
@@ -378,9 +459,12 @@ def test_the_version_labels_overlay_mounts_the_config_the_server_reads():
 def core_objects() -> list[tuple[str, dict]]:
     """(where, object) for every core Kubernetes object here, as written; the built ones too where kubectl is."""
     objects = [(f"deploy/kubernetes {o['kind']}", o) for o in base_objects()]
+    objects += [(f"deploy/kserve {o['kind']}", o) for o in documents(DEPLOY / "kserve" / "storage-credentials.yaml")]
     if shutil.which("kubectl"):
         objects += [(f"built base {o['kind']}", o) for o in kustomize(KUBERNETES)]
-        objects += [(f"built version-labels {o['kind']}", o) for o in kustomize(DEPLOY / "version-labels")]
+        for overlay in OVERLAYS:
+            built = [o for o in kustomize(DEPLOY / overlay) if o["kind"] != "ScaledObject"]  # checked by hand
+            objects += [(f"built {overlay} {o['kind']}", o) for o in built]
     return objects
 
 
@@ -395,24 +479,242 @@ def test_core_objects_validate_strictly_offline(version, offline):
 
 def test_the_inference_service_by_hand(offline):
     """InferenceService (serving.kserve.io/v1beta1) against KServe's Go types: no unknown keys where the
-    manifest sets them, the required modelFormat.name, and its container fields as a core container."""
+    manifest sets them, the required modelFormat.name, its pod and container fields as a core Pod's, and
+    only the pod fields Knative admits by default (pkg/apis/serving/fieldmask.go there)."""
     service = isvc()
     assert (service["apiVersion"], service["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     assert service["metadata"]["name"] == env()["MODEL_NAME"], "KServe serves the model under this name"
     assert set(service["spec"]) == {"predictor"}
-    predictor = service["spec"]["predictor"]
-    component_keys = {"minReplicas", "maxReplicas", "containerConcurrency", "timeout", "annotations", "labels", "model"}
-    assert set(predictor) <= component_keys
+    predictor = dict(service["spec"]["predictor"])
+    component_keys = {
+        "minReplicas",
+        "maxReplicas",
+        "containerConcurrency",
+        "scaleMetric",
+        "scaleTarget",
+        "timeout",
+        "annotations",
+        "labels",
+        "model",
+    }
+    # PodSpec fields that Knative's PodSpecMask keeps with its features at their defaults.
+    knative_pod_keys = {"serviceAccountName", "automountServiceAccountToken", "volumes", "enableServiceLinks"}
+    assert set(predictor) <= component_keys | knative_pod_keys
     assert predictor["minReplicas"] >= 1 and predictor["maxReplicas"] >= predictor["minReplicas"]
-    model = dict(predictor["model"])
+    assert predictor["automountServiceAccountToken"] is False, "Knative admits only false here"
+    model = dict(predictor.pop("model"))
     assert model.pop("modelFormat") == {"name": "tensorflow"}
+    assert model.pop("runtime") == "kserve-tensorflow-serving"
     assert re.fullmatch(r"[a-z0-9]+://\S+", model.pop("storageUri"))
     model.pop("runtimeVersion")
-    assert set(model) <= {"args", "resources", "env"}
+    assert set(model) <= {"args", "resources", "env", "ports", "securityContext", "volumeMounts"}
+    # gRPC through Knative: one port, named h2c, the runtime's --port.
+    assert model["ports"] == [{"name": "h2c", "containerPort": 9000, "protocol": "TCP"}]
+    # The Deployment's security settings, at the container level (Knative's SecurityContextMask).
+    deployment_spec = one(base_objects(), "Deployment")["spec"]["template"]["spec"]
+    security = model["securityContext"]
+    assert set(security) <= {
+        "capabilities",
+        "readOnlyRootFilesystem",
+        "runAsUser",
+        "runAsGroup",
+        "runAsNonRoot",
+        "allowPrivilegeEscalation",
+        "seccompProfile",
+    }
+    assert container({"spec": {"template": {"spec": deployment_spec}}})["securityContext"].items() <= security.items()
+    assert deployment_spec["securityContext"].items() <= security.items()
+    assert set(security["capabilities"]) == {"drop"}, "adding capabilities needs a Knative feature flag"
+    mounts = {m["mountPath"]: m["name"] for m in model["volumeMounts"]}
+    assert "emptyDir" in {v["name"]: v for v in predictor["volumes"]}[mounts["/tmp"]]
+    pod_fields = {k: predictor[k] for k in knative_pod_keys & set(predictor)}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "kserve-container-fields"},
-        "spec": {"containers": [{"name": "kserve-container", "image": "tensorflow/serving", **model}]},
+        "spec": {"containers": [{"name": "kserve-container", "image": "tensorflow/serving", **model}], **pod_fields},
     }
     kubernetes_validate.validate(pod, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_kserve_reads_storage_credentials_from_the_service_account():
+    objects = documents(DEPLOY / "kserve" / "storage-credentials.yaml")
+    account = one(objects, "ServiceAccount")
+    secret = one(objects, "Secret")
+    assert isvc()["spec"]["predictor"]["serviceAccountName"] == account["metadata"]["name"]
+    assert {"name": secret["metadata"]["name"]} in account["secrets"]
+    assert account["automountServiceAccountToken"] is False
+    # Keys and annotations KServe reads (pkg/credentials/s3/s3_secret.go there).
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert set(secret["metadata"]["annotations"]) <= {
+        f"serving.kserve.io/{name}" for name in ("s3-endpoint", "s3-usehttps", "s3-region", "s3-verifyssl")
+    }
+    assert "://" not in secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"]
+
+
+def test_kserve_metric_aggregation_is_documented_where_it_is_on():
+    annotations = isvc()["metadata"]["annotations"]
+    if annotations.get("serving.kserve.io/enable-metric-aggregation") == "true":
+        # Without KServe's queue-proxy extension the pod is scraped at a port nothing serves.
+        assert "queue-sidecar-image" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+# ---- overlays ---------------------------------------------------------------------------------------
+
+
+def test_every_yaml_parses_and_every_kustomization_lists_what_exists():
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        assert documents(path), f"{path.relative_to(ROOT)} is empty"
+    for path in sorted(DEPLOY.rglob("kustomization.yaml")):
+        folder = path.parent
+        listed = documents(path)[0]
+        for entry in listed.get("resources", []):
+            assert (folder / entry).exists(), f"{path.relative_to(ROOT)} lists {entry}, which does not exist"
+        for generator in listed.get("configMapGenerator", []):
+            for name in generator.get("files", []):
+                assert (folder / name).is_file(), f"{path.relative_to(ROOT)} generates from {name}"
+    assert {p.parent.name for p in DEPLOY.glob("*/kustomization.yaml")} >= set(OVERLAYS)
+
+
+def scaled_object() -> dict:
+    return one(documents(DEPLOY / "keda" / "scaledobject.yaml"), "ScaledObject")
+
+
+def test_the_keda_scaled_object_by_hand(offline):
+    """ScaledObject (keda.sh/v1alpha1) against KEDA's Go types (apis/keda/v1alpha1/scaledobject_types.go,
+    scaletriggers_types.go) and its scalers' metadata (pkg/scalers/prometheus_scaler.go, cpu_memory_scaler.go)."""
+    scaler = scaled_object()
+    assert (scaler["apiVersion"], scaler["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    spec = scaler["spec"]
+    assert set(spec) <= {
+        "scaleTargetRef",
+        "pollingInterval",
+        "initialCooldownPeriod",
+        "cooldownPeriod",
+        "idleReplicaCount",
+        "minReplicaCount",
+        "maxReplicaCount",
+        "advanced",
+        "triggers",
+        "fallback",
+    }
+    assert set(spec["scaleTargetRef"]) <= {"name", "apiVersion", "kind", "envSourceContainerName"}
+    assert set(spec["advanced"]) <= {
+        "horizontalPodAutoscalerConfig",
+        "restoreToOriginalReplicaCount",
+        "scalingModifiers",
+    }
+    assert set(spec["advanced"]["horizontalPodAutoscalerConfig"]) <= {"behavior", "name"}
+    assert set(spec["fallback"]) <= {"failureThreshold", "replicas", "behavior"}
+    assert spec["minReplicaCount"] <= spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
+    triggers = {t["type"]: t for t in spec["triggers"]}
+    assert set(triggers) == {"prometheus", "cpu"}
+    for trigger in spec["triggers"]:
+        assert set(trigger) <= {"type", "name", "useCachedMetrics", "metadata", "authenticationRef", "metricType"}
+        assert all(isinstance(v, str) for v in trigger["metadata"].values()), "trigger metadata is a string map"
+    prometheus = triggers["prometheus"]
+    # A fallback needs a trigger other than cpu/memory with metricType AverageValue (CheckFallbackValid).
+    assert prometheus["metricType"] == "AverageValue"
+    known = {"serverAddress", "query", "queryParameters", "threshold", "activationThreshold", "namespace"}
+    known |= {"customHeaders", "ignoreNullValues", "unsafeSsl", "awsRegion", "timeout", "identityOwner"}
+    assert {"serverAddress", "query", "threshold"} <= set(prometheus["metadata"]) <= known
+    assert re.fullmatch(r"https?://\S+", prometheus["metadata"]["serverAddress"])
+    cpu = triggers["cpu"]
+    assert cpu["metricType"] == "Utilization" and set(cpu["metadata"]) <= {"value", "containerName"}
+    # Its HPA's behavior is a core HorizontalPodAutoscaler's.
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "keda-behavior"},
+        "spec": {
+            "scaleTargetRef": spec["scaleTargetRef"],
+            "maxReplicas": spec["maxReplicaCount"],
+            "behavior": spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"],
+        },
+    }
+    kubernetes_validate.validate(hpa, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_keda_scales_on_busy_grpc_calls_and_keeps_the_cpu_fallback():
+    spec = scaled_object()["spec"]
+    autoscaler = one(base_objects(), "HorizontalPodAutoscaler")["spec"]
+    assert spec["scaleTargetRef"] == autoscaler["scaleTargetRef"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (autoscaler["minReplicas"], autoscaler["maxReplicas"])
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == autoscaler["behavior"]
+    triggers = {t["type"]: t for t in spec["triggers"]}
+    (cpu_metric,) = autoscaler["metrics"]
+    assert int(triggers["cpu"]["metadata"]["value"]) == cpu_metric["resource"]["target"]["averageUtilization"]
+    metadata = triggers["prometheus"]["metadata"]
+    query = metadata["query"]
+    # Seconds of successful gRPC Predict work per second: the calls running on average (Little's law).
+    assert f'rate({LATENCY_SUM}{{model_name="{env()["MODEL_NAME"]}",API="Predict"}}[' in query
+    assert query.rstrip().endswith("/ 1e6") and query.count("(") == query.count(")")
+    assert math.isclose(float(metadata["threshold"]), sized()["busy_calls_target"])
+    assert float(metadata["threshold"]) < SIZING["grpc_calls"], "a fleet of busy pods must look short of pods"
+
+
+def test_the_overlays_build():
+    keda = kustomize(DEPLOY / "keda")
+    kinds = {o["kind"] for o in keda}
+    assert "HorizontalPodAutoscaler" not in kinds, "KEDA's HPA would fight the base's"
+    assert kinds == ({o["kind"] for o in base_objects()} - {"HorizontalPodAutoscaler"}) | {"ScaledObject"}
+    assert all(o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "nst-serving" for o in keda)
+
+    bfloat16 = kustomize(DEPLOY / "bfloat16")
+    deployment = one(bfloat16, "Deployment")
+    image = container(deployment)["image"]
+    assert image.startswith(f"{kustomization(KUBERNETES)['images'][0]['newName']}:{pins()['tensorflow']}-")
+    terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    # One term per label: Kubernetes ORs the terms, so either CPU feature will do.
+    assert [t["matchExpressions"] for t in terms] == [
+        [{"key": label, "operator": "In", "values": ["true"]}] for label in BFLOAT16_NODE_LABELS
+    ]
+
+
+# ---- benchmarks/server_sizing.py ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_sizing():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import server_sizing
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return server_sizing
+
+
+def test_server_sizing_reads_the_memory_a_command_prints(server_sizing):
+    assert server_sizing.gib("nst-serving-7d9f 3512m 9876Mi") == pytest.approx(9876 / 1024)
+    assert server_sizing.gib("12Gi") == 12
+    assert server_sizing.gib("1048576Ki\n") == 1
+    with pytest.raises(ValueError, match="memory"):
+        server_sizing.gib("no figure here")
+
+
+def test_server_sizing_fields_are_the_sizing_files(server_sizing):
+    # Calls of 4 steps and a last one of 2: 1 s an Adam step, 1.3 s an L-BFGS step, 2.5 s of fixed work a call.
+    adam = server_sizing.Timing(chunk=4, last=2, chunk_call_s=6.5, last_call_s=4.5)
+    lbfgs = server_sizing.Timing(chunk=4, last=2, chunk_call_s=7.7, last_call_s=5.1)
+    assert adam.step_s == pytest.approx(1.0) and lbfgs.call_s == pytest.approx(2.5)
+    fields = server_sizing.fields(adam, lbfgs, baseline_gib=0.8, peak_gib=10.2, calls=1, cpus=4)
+    assert fields == {
+        "adam_seconds_per_step_at_largest": 1.0,
+        "lbfgs_step_in_adam_steps": 1.3,
+        "call_overhead_in_adam_steps": 2.5,
+        "benchmark_cpus": 4,
+        "baseline_gib": 0.8,
+        "request_gib_at_largest": 9.4,
+    }
+    assert set(fields) <= set(SIZING)
+    two = server_sizing.fields(adam, lbfgs, baseline_gib=0.8, peak_gib=19.6, calls=2, cpus=4)
+    assert two["request_gib_at_largest"] == 9.4
+    assert "baseline_gib" not in server_sizing.fields(adam, lbfgs, baseline_gib=None, peak_gib=None, calls=1, cpus=4)
+
+
+def test_server_sizing_command_line(server_sizing):
+    args = server_sizing.parser().parse_args(["--server", "localhost:8500", "--cpus", "4"])
+    assert (args.server, args.cpus, args.memory_command) == ("localhost:8500", 4, None)
+    assert args.sizes == [512, SIZING["largest_max_dim"]]

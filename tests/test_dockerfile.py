@@ -120,3 +120,29 @@ def test_build_context_is_the_model_only(path, sent):
         if any(fnmatch.fnmatchcase(p, pattern.lstrip("!")) for p in prefixes):
             excluded = not negated
     assert excluded != sent
+
+
+def test_the_server_runs_as_a_user_and_publishes_on_loopback():
+    (user,) = arguments("USER")
+    uid, _, gid = user.partition(":")
+    assert int(uid) > 0 and int(gid) > 0, "a numeric non-root user (Kubernetes checks runAsNonRoot by number)"
+    documented = [DOCKERFILE, ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    runs = [line for path in documented for line in path.read_text().splitlines() if "docker run" in line]
+    published = [port for line in runs for port in re.findall(r"-p (\S+)", line)]
+    assert published and all(p.startswith("127.0.0.1:") for p in published), "the server has no authentication"
+
+
+def test_health_service_on_profiler_off():
+    (cmd,) = arguments("CMD")
+    flags = dict(flag.split("=", 1) for flag in json.loads(cmd))
+    assert flags["--enable_grpc_healthcheck_service"] == "true"  # what Kubernetes' gRPC probes ask
+    assert flags["--enable_profiler"] == "false"  # on by default: any caller could profile the server
+
+
+def test_the_build_backend_accepts_the_license_string():
+    """A PEP 639 license expression (license = "Apache-2.0") needs setuptools 77 or newer."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(pyproject["project"]["license"], str)
+    (requirement,) = [r for r in pyproject["build-system"]["requires"] if r.startswith("setuptools")]
+    minimum = re.fullmatch(r"setuptools>=(\d+)(?:\.\d+)*", requirement.replace(" ", ""))
+    assert minimum and int(minimum.group(1)) >= 77, requirement
