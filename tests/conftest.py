@@ -1,4 +1,5 @@
-"""Shared fixtures: random VGG19 weights in the Keras file layout, a small exported model, images.
+"""Fixtures every test module may use: random VGG19 weights in the Keras file layout, a small exported
+model loaded the server's way, the real weights where present, two test images (helpers.py makes them).
 
 Everything is made in code at small sizes; tests that need the real ImageNet weights use the
 `real_weights` fixture, which skips when NST_VGG19_WEIGHTS is unset.
@@ -9,67 +10,13 @@ from __future__ import annotations
 import os
 import pathlib
 
-import h5py
-import numpy as np
 import pytest
-import tensorflow as tf
+from helpers import make_image, png_bytes, random_weights, write_keras_h5
 
 from nst_model.session import ServingSession
-from nst_model.vgg import LAYERS, WEIGHTS_ENV, conv_shapes
+from nst_model.vgg import WEIGHTS_ENV
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def random_weights(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """He-initialised VGG19 weights: activations keep their scale through all 16 layers."""
-    rng = np.random.default_rng(seed)
-    return {
-        name: (
-            rng.normal(0.0, np.sqrt(2.0 / (9 * shape[2])), shape).astype(np.float32),
-            rng.normal(0.0, 0.01, shape[-1]).astype(np.float32),
-        )
-        for name, shape in conv_shapes().items()
-    }
-
-
-def write_keras_h5(path: pathlib.Path, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> pathlib.Path:
-    """Write weights in the layout of Keras's VGG19 download (legacy HDF5, one group per layer)."""
-    layer_names = ["input_layer"]
-    block_pools = []
-    for name in LAYERS:
-        if name == "pool":
-            block_pools.append(f"block{len(block_pools) + 1}_pool")
-            layer_names.append(block_pools[-1])
-        else:
-            layer_names.append(name)
-    layer_names.append("block5_pool")
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = np.array([n.encode() for n in layer_names])
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["keras_version"] = b"2.2.4"
-        for layer in layer_names:
-            group = f.create_group(layer)
-            if layer in weights:
-                kernel_name, bias_name = f"{layer}_W_1:0", f"{layer}_b_1:0"  # the download's own naming
-                group.attrs["weight_names"] = np.array([kernel_name.encode(), bias_name.encode()])
-                group[kernel_name], group[bias_name] = weights[layer]
-            else:
-                group.attrs["weight_names"] = np.array([], dtype="S1")
-    return path
-
-
-def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth colour image with some edges, float32 [H, W, 3] in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    channels = [np.sin(2 * np.pi * (f * x + g * y) + p) for f, g, p in rng.uniform(0.5, 3, (3, 3))]
-    image = 0.5 + 0.35 * np.stack(channels, -1)
-    image[height // 3 : height // 2, width // 4 : width // 2] = rng.uniform(0, 1, 3)
-    return np.clip(image, 0, 1).astype(np.float32)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    return tf.io.encode_png(tf.image.convert_image_dtype(image, tf.uint8, saturate=True)).numpy()
 
 
 @pytest.fixture(scope="session")
@@ -83,19 +30,6 @@ def exported(tmp_path_factory, weights_file) -> pathlib.Path:
     from nst_export.exporter import export
 
     return export(tmp_path_factory.mktemp("models") / "nst", weights=weights_file)
-
-
-@pytest.fixture(scope="session")
-def serving_all_losses(tmp_path_factory, weights_file) -> ServingSession:
-    """A model exported with every style loss (nst-export --style-losses gram,w2,sliced), loaded the
-    server's way."""
-    from nst_export.exporter import export
-    from nst_model.options import STYLE_LOSSES
-
-    path = export(tmp_path_factory.mktemp("models") / "nst", weights=weights_file, style_losses=STYLE_LOSSES)
-    session = ServingSession(path)
-    yield session
-    session.close()
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +48,20 @@ def real_weights() -> pathlib.Path:
     return pathlib.Path(path)
 
 
+@pytest.fixture(scope="session")
+def real_serving(real_weights, tmp_path_factory) -> tuple[ServingSession, pathlib.Path]:
+    """The real weights exported by nst-export and loaded the server's way, once for every test that
+    needs them, and the folder of test photos beside the weights (skips without it)."""
+    from nst_export.exporter import export
+
+    images = real_weights.parents[1] / "images"
+    if not images.is_dir():
+        pytest.skip(f"no test photos beside the weights at {images}")
+    session = ServingSession(export(tmp_path_factory.mktemp("real") / "nst", weights=real_weights))
+    yield session, images
+    session.close()
+
+
 @pytest.fixture
 def content_png() -> bytes:
     return png_bytes(make_image(40, 56, seed=1))
@@ -126,7 +74,7 @@ def style_png() -> bytes:
 
 # Tests that start nst-devserver, need the real weights, export a model of their own or trace the
 # whole model in a fresh process take a minute or more each: `pytest -m "not slow"` leaves them out.
-SLOW_FIXTURES = {"model_base", "devserver", "real_weights", "real"}
+SLOW_FIXTURES = {"model_base", "devserver", "real_weights", "serving_all_losses"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

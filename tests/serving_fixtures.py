@@ -1,7 +1,7 @@
 """Fixtures for the serving tests: nst-devserver started once per session, and its model folder.
 
 Test modules load this with `pytest_plugins = ["serving_fixtures"]` (and import helpers from
-serving_helpers), so the server is one process for the whole session, whichever modules ask.
+helpers.py), so the server is one process for the whole session, whichever modules ask.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
-from serving_helpers import SERVED_VERSIONS, quiet_env, script
+from helpers import SERVED_VERSIONS, quiet_env, script
 
 START_TIMEOUT_S = 180
 

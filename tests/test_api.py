@@ -30,14 +30,14 @@ def expected(serving, content_png, style_png) -> bytes:
 
 @pytest.fixture(scope="module")
 def content_png():  # module-scoped copies of the conftest images
-    from conftest import make_image, png_bytes
+    from helpers import make_image, png_bytes
 
     return png_bytes(make_image(40, 56, seed=1))
 
 
 @pytest.fixture(scope="module")
 def style_png():
-    from conftest import make_image, png_bytes
+    from helpers import make_image, png_bytes
 
     return png_bytes(make_image(48, 48, seed=2))
 

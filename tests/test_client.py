@@ -7,12 +7,9 @@ Python API or `cli.main` in-process against the session's devserver.
 from __future__ import annotations
 
 import _thread
-import base64
 import concurrent.futures
 import contextlib
-import http.server
 import io
-import json
 import math
 import os
 import re
@@ -32,20 +29,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow as tf
-from conftest import make_image, png_bytes
-from google.protobuf import json_format
-from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default, wait_for
+from helpers import SERVED_VERSIONS, make_image, png_bytes, quiet_env, script, serving_default, wait_for
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
-    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
 
 from nst_client import NSTClient, RestClient, ServerError, chunked, cli, contract, errors, images, settings, tensors
+from nst_devserver import rest
 from nst_devserver import serving as ds
 from nst_model.options import DEFAULTS, MAX_STEPS
 
@@ -666,7 +660,7 @@ def test_a_call_cut_by_close_is_not_retried():
 
 
 def test_a_list_over_tls_checks_the_name_its_replicas_share(tmp_path):
-    from test_tls import OPENSSL, make_certificate
+    from helpers import OPENSSL, make_certificate
 
     if OPENSSL is None:
         pytest.skip("no openssl command to make test certificates with")
@@ -773,93 +767,11 @@ def test_keepalive_pings_no_sooner_than_servers_accept():
 
 
 @pytest.fixture(scope="module")
-def rest_gateway(devserver):
-    """A stand-in for the real server's REST port: the documented JSON, relayed to gRPC."""
-    channel = grpc.insecure_channel(devserver["address"], options=[("grpc.max_receive_message_length", -1)])
-    predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    models = model_service_pb2_grpc.ModelServiceStub(channel)
-    http_codes = {
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
-        grpc.StatusCode.FAILED_PRECONDITION: 400,
-        grpc.StatusCode.NOT_FOUND: 404,
-        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    }
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self._answer(self._get)
-
-        def do_POST(self):
-            self._answer(self._predict)
-
-        def _answer(self, handle):
-            match = re.fullmatch(r"/v1/models/(\w+)(?:/versions/(\d+))?(/metadata|:predict)?", self.path)
-            spec = model_pb2.ModelSpec(name=match[1])
-            if match[2]:
-                spec.version.value = int(match[2])
-            try:
-                code, body = 200, handle(spec, match[3])
-            except grpc.RpcError as e:
-                code, body = http_codes.get(e.code(), 500), {"error": e.details()}
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _get(self, spec, suffix):
-            if suffix == "/metadata":
-                response = predictions.GetModelMetadata(
-                    get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
-                )
-                signatures = get_model_metadata_pb2.SignatureDefMap()
-                response.metadata["signature_def"].Unpack(signatures)
-                return {
-                    "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
-                    "metadata": {
-                        "signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)
-                    },
-                }
-            request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-            return json_format.MessageToDict(models.GetModelStatus(request))
-
-        def _predict(self, spec, _):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            spec.signature_name = body.get("signature_name", "")
-            request = predict_pb2.PredictRequest(model_spec=spec)
-            signature = self._signature(spec)
-            for name, value in body["inputs"].items():  # typed by the signature, as the real server does
-                if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
-                    value = (
-                        [base64.b64decode(v["b64"]) for v in value]
-                        if isinstance(value, list)
-                        else base64.b64decode(value["b64"])
-                    )
-                dtype = tf.dtypes.as_dtype(signature.inputs[name].dtype)
-                request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype))
-            outputs = {}
-            for name, proto in predictions.Predict(request).outputs.items():
-                value = tf.make_ndarray(proto).item()
-                outputs[name] = {"b64": base64.b64encode(value).decode()} if name.endswith("_bytes") else value
-            return {"outputs": outputs}
-
-        def _signature(self, spec):
-            request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
-            signatures = get_model_metadata_pb2.SignatureDefMap()
-            predictions.GetModelMetadata(request).metadata["signature_def"].Unpack(signatures)
-            return signatures.signature_def[spec.signature_name or "serving_default"]
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    channel.close()
+def rest_gateway(serving):
+    """The dev server's REST API (the real server's JSON), in process on the session's Session."""
+    slots = ds.RunSlots(running=2, waiting=4)
+    with rest.rest_server(ds.Model("nst", {1: serving}), "127.0.0.1", 0, slots) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content_png, style_png):
@@ -883,9 +795,11 @@ def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content
         serving, content_png, style_png, steps=3, max_dim=32, style_weight=0.05
     )
 
-    rest = RestClient(rest_gateway, version=1)
-    assert [(s.version, s.state) for s in rest.status()] == [(1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
-    version, signatures = rest.signatures()
+    over_rest = RestClient(rest_gateway, version=1)
+    assert [(s.version, s.state) for s in over_rest.status()] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+    ]
+    version, signatures = over_rest.signatures()
     assert version == 1 and {"serving_default", "pixels", "decode", "limits"} == set(signatures)
     assert tensors.to_array(signatures["serving_default"].defaults["steps"]) == DEFAULTS["steps"]
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_image, png_bytes
-from test_controls import feed, stylize, yuv
+from helpers import feed, make_image, png_bytes, stylize, yuv
 
 from nst_client.errors import clean_message
 from nst_model import colors
@@ -74,7 +73,7 @@ def test_bad_choices_are_invalid_argument(serving, inputs, message):
 def test_the_normalized_balance_evens_out_style_strength(serving):
     """Normalized, the style term at the content no longer scales with the style's size: doubling the
     style's contrast multiplies the reference term many times, the normalized one far less."""
-    from test_controls import CONTENT
+    from helpers import CONTENT
 
     faint, strong = (png_bytes(0.5 + k * (make_image(48, 48, seed=2) - 0.5)) for k in (0.3, 1.0))
 

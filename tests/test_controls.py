@@ -14,44 +14,11 @@ import shlex
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_image, png_bytes
+from helpers import BASE, CONTENT, STYLE_A, STYLE_B, decode, feed, png_bytes, rgb, stylize, yuv
 
 import nst_model
-from nst_model.options import BY_NAME, DEFAULTS, PIXELS_OPTIONS, add_flags, from_flags
+from nst_model.options import DEFAULTS, PIXELS_OPTIONS, add_flags, from_flags
 from nst_model.session import ServingSession
-
-CONTENT = png_bytes(make_image(40, 56, seed=1))
-STYLE_A = png_bytes(make_image(48, 48, seed=2))
-STYLE_B = png_bytes(make_image(36, 60, seed=3))
-BASE = {"steps": 4, "max_dim": 40}
-
-
-def feed(name: str, value: object) -> np.ndarray:
-    """A value as a client sends it for the input `name`."""
-    if name in ("content", "style"):
-        return np.array(value, object)
-    if name in BY_NAME:
-        dtype = BY_NAME[name].dtype
-        return np.array(value, object if dtype == "string" else dtype)
-    return np.asarray(value)
-
-
-def stylize(serving: ServingSession, style: bytes | list[bytes] = STYLE_A, **options) -> dict:
-    inputs = {"content": CONTENT, "style": style, **BASE, **options}
-    return serving.run("serving_default", {k: feed(k, v) for k, v in inputs.items()})
-
-
-def decode(serving: ServingSession, png: bytes, max_dim: int = BASE["max_dim"]) -> np.ndarray:
-    return serving.run("decode", {"image": np.array(png, object), "max_dim": np.int32(max_dim)})["pixels"]
-
-
-def rgb(png: bytes) -> np.ndarray:
-    return tf.image.convert_image_dtype(tf.image.decode_png(png), tf.float32).numpy()
-
-
-def yuv(png: bytes) -> np.ndarray:
-    return tf.image.rgb_to_yuv(rgb(png)).numpy()
-
 
 # ---- defaults ----------------------------------------------------------------------------------
 
@@ -253,18 +220,6 @@ def test_flags_cover_every_control():
 # ---- real weights -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real(real_weights, tmp_path_factory) -> tuple[ServingSession, pathlib.Path]:
-    from nst_export.exporter import export
-
-    images = real_weights.parents[1] / "images"
-    if not images.is_dir():
-        pytest.skip(f"no test photos beside the weights at {images}")
-    session = ServingSession(export(tmp_path_factory.mktemp("real") / "nst", weights=real_weights))
-    yield session, images
-    session.close()
-
-
 def _real_run(session: ServingSession, images: pathlib.Path, styles: list[str], **options) -> dict:
     inputs = {
         "content": (images / "content" / "tubingen.jpg").read_bytes(),
@@ -276,8 +231,8 @@ def _real_run(session: ServingSession, images: pathlib.Path, styles: list[str], 
     return session.run("serving_default", {k: feed(k, v) for k, v in inputs.items()})
 
 
-def test_real_preserve_colors_keeps_chroma_and_style(real):
-    session, images = real
+def test_real_preserve_colors_keeps_chroma_and_style(real_serving):
+    session, images = real_serving
     content = yuv(_real_run(session, images, ["starry_night.jpg"], steps=0)["image_bytes"])
     plain = yuv(_real_run(session, images, ["starry_night.jpg"])["image_bytes"])
     kept = yuv(_real_run(session, images, ["starry_night.jpg"], preserve_colors=True)["image_bytes"])
@@ -286,10 +241,10 @@ def test_real_preserve_colors_keeps_chroma_and_style(real):
     assert np.corrcoef(kept[..., 0].ravel(), plain[..., 0].ravel())[0, 1] > 0.98
 
 
-def test_real_blend_moves_towards_the_heavier_style(real):
+def test_real_blend_moves_towards_the_heavier_style(real_serving):
     """A 7:3 blend of Starry Night and The Scream ends closer to Starry Night's Gram matrices
     than a 3:7 blend does, measured by each result's style loss against Starry Night alone."""
-    session, images = real
+    session, images = real_serving
     styles = ["starry_night.jpg", "the_scream.jpg"]
 
     def loss_against_starry(png: bytes) -> float:
@@ -302,8 +257,8 @@ def test_real_blend_moves_towards_the_heavier_style(real):
     assert heavy < light
 
 
-def test_real_noise_init_reaches_a_styled_image_and_seeds_differ(real):
-    session, images = real
+def test_real_noise_init_reaches_a_styled_image_and_seeds_differ(real_serving):
+    session, images = real_serving
     runs = [_real_run(session, images, ["starry_night.jpg"], init="noise", seed=s, steps=100) for s in (1, 2)]
     start = _real_run(session, images, ["starry_night.jpg"], init="noise", seed=1, steps=0)
     assert runs[0]["image_bytes"] != runs[1]["image_bytes"]
@@ -311,9 +266,9 @@ def test_real_noise_init_reaches_a_styled_image_and_seeds_differ(real):
         assert float(run["loss"]) < float(start["loss"]) / 5
 
 
-def test_real_colour_methods_keep_the_contents_chroma(real):
+def test_real_colour_methods_keep_the_contents_chroma(real_serving):
     """Measured against the plain run: both methods end nearer the content's colours than it does."""
-    session, images = real
+    session, images = real_serving
     content = yuv(_real_run(session, images, ["starry_night.jpg"], steps=0)["image_bytes"])[..., 1:]
 
     def drift(**options: object) -> float:

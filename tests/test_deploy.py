@@ -22,8 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from helpers import ENTRYPOINT_FLAGS, arguments, env, pins
 from tensorflow_serving.config import model_server_config_pb2
-from test_dockerfile import ENTRYPOINT_FLAGS, arguments, env, pins
 
 from nst_client import DEFAULT_CHUNK, NSTClient
 from nst_model.options import MAX_SIDE

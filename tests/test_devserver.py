@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_helpers import SERVED_VERSIONS, quiet_env, script, serving_default, wait_for
+from helpers import SERVED_VERSIONS, quiet_env, script, serving_default, wait_for
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,

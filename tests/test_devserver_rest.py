@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_helpers import serving_default, wait_for
+from helpers import serving_default, wait_for
 from tensorflow_serving.apis import get_model_status_pb2
 
 from nst_client import RestClient, tensors

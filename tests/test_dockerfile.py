@@ -10,45 +10,13 @@ import fnmatch
 import importlib.metadata
 import inspect
 import json
-import pathlib
 import re
 import tomllib
 
 import pytest
+from helpers import DOCKERFILE, ENTRYPOINT_FLAGS, ROOT, arguments, env, pins
 
 from nst_client import NSTClient
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DOCKERFILE = ROOT / "Dockerfile.serving"
-ENTRYPOINT_FLAGS = {"--port", "--rest_api_port", "--model_name", "--model_base_path"}  # set by the image's script
-
-
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order: comments dropped, line continuations joined."""
-    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
-    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
-    result = []
-    for line in joined.splitlines():
-        if line.strip():
-            keyword, _, arguments = line.strip().partition(" ")
-            result.append((keyword.upper(), arguments.strip()))
-    return result
-
-
-def arguments(keyword: str) -> list[str]:
-    return [args for key, args in instructions() if key == keyword]
-
-
-def env() -> dict[str, str]:
-    variables = {}
-    for args in arguments("ENV"):
-        variables.update(pair.split("=", 1) for pair in args.split())
-    return variables
-
-
-def pins() -> dict[str, str]:
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return dict(d.replace(" ", "").split("==") for d in dependencies if "==" in d)
 
 
 def test_base_image_is_the_serving_release_of_the_tensorflow_pin():

@@ -2,7 +2,7 @@
 runs a chunk. The chunk is sent again to another replica, the run goes on from its last finished chunk, and
 the PNG is the one a single healthy server gives, byte for byte; the calls went round-robin to every replica.
 
-Each replica records when a Predict call starts and ends (serving_helpers.RECORDING_DEVSERVER), so the test
+Each replica records when a Predict call starts and ends (helpers.RECORDING_DEVSERVER), so the test
 knows which one is running a chunk without timing anything.
 """
 
@@ -13,8 +13,8 @@ import pathlib
 import sys
 
 import pytest
+from helpers import RECORDING_DEVSERVER, recorded_calls, wait_for
 from serving_fixtures import running_devservers
-from serving_helpers import RECORDING_DEVSERVER, recorded_calls, wait_for
 
 from nst_client import NSTClient
 

@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow as tf
-from conftest import make_image
+from helpers import make_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

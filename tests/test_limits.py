@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_image, png_bytes
+from helpers import make_image, png_bytes
 
 from nst_client import chunked
 from nst_client.contract import LIMITS, limits_line

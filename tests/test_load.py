@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from serving_helpers import quiet_env
+from helpers import quiet_env
 
 pytest_plugins = ["serving_fixtures"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow as tf
-from conftest import make_image, png_bytes
+from helpers import make_image, png_bytes
 from reference import Reference
 
 from nst_model.options import BY_NAME, DEFAULTS
@@ -251,25 +251,17 @@ def _low_frequency_luma(png: bytes) -> np.ndarray:
     return tf.image.resize(tf.cast(image, tf.float32), [12, 16], antialias=True).numpy().ravel()
 
 
-def test_real_weights_transfer_style_and_keep_content(real_weights, tmp_path):
+def test_real_weights_transfer_style_and_keep_content(real_serving):
     """ImageNet VGG19, a photo and a painting, 50 steps at 128 px: each balance cuts its own style term
     (measured: reference 44x, normalized 5.2x, where the content term pulls back sooner) and keeps the
     scene (its coarse brightness layout correlates with the photo's; measured 0.98 for both)."""
-    from nst_export.exporter import export
-
-    images = real_weights.parents[1] / "images"
-    if not images.is_dir():
-        pytest.skip(f"no test photos beside the weights at {images}")
+    serving, images = real_serving
     content = (images / "content" / "tubingen.jpg").read_bytes()
     style = (images / "style" / "starry_night.jpg").read_bytes()
-    serving = ServingSession(export(tmp_path / "nst", weights=real_weights))
-    try:
-        runs = {
-            b: [run_default(serving, content, style, steps=n, max_dim=128, style_balance=b) for n in (0, 50)]
-            for b in ("reference", "normalized")
-        }
-    finally:
-        serving.close()
+    runs = {
+        b: [run_default(serving, content, style, steps=n, max_dim=128, style_balance=b) for n in (0, 50)]
+        for b in ("reference", "normalized")
+    }
     for balance, least_cut in (("reference", 10), ("normalized", 4)):
         start, end = runs[balance]
         assert float(end["style_loss"]) < float(start["style_loss"]) / least_cut, balance

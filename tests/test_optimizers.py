@@ -66,7 +66,7 @@ def test_serving_default_takes_the_optimizer(serving, content_png, style_png):
     ],
 )
 def test_bad_lbfgs_state_is_invalid_argument(serving, name, value, message):
-    from conftest import make_image
+    from helpers import make_image
 
     image = make_image(24, 32)[np.newaxis]
     feeds = {"content": image, "style": image, "steps": np.int32(1), "optimizer": LBFGS}

@@ -11,7 +11,7 @@ import io
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import make_image, png_bytes
+from helpers import make_image, png_bytes
 
 from nst_client import chunked
 from nst_client.cli import parse_args
@@ -209,7 +209,7 @@ def test_nst_client_takes_scales_over_grpc_only(capsys):
 
 @pytest.fixture(scope="module")
 def stylizer():
-    from conftest import random_weights
+    from helpers import random_weights
 
     from nst_model.model import StyleTransfer
     from nst_model.runner import Stylizer

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_image, png_bytes
+from helpers import make_image, png_bytes
 from serving_fixtures import running_devserver
 
 from nst_client import NSTClient, ServerError

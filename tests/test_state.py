@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_image
+from helpers import make_image
 
 from nst_client import chunked
 from nst_client.errors import clean_message

@@ -10,12 +10,13 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_controls import CONTENT, STYLE_A, STYLE_B, decode, feed, stylize, yuv
+from helpers import CONTENT, STYLE_A, STYLE_B, decode, feed, stylize, yuv
 
 from nst_client.errors import clean_message
 from nst_model import losses
 from nst_model.model import TARGET_LENGTHS
 from nst_model.options import SLICED_QUANTILES, STYLE_LOSSES, W2_EPSILON
+from nst_model.session import ServingSession
 
 RNG = np.random.default_rng(7)
 
@@ -38,6 +39,19 @@ def gaussian(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
     mean = flat.mean(0)
     return mean, np.cov(flat.T, bias=True) + W2_EPSILON * np.eye(flat.shape[1])
+
+
+@pytest.fixture(scope="module")
+def serving_all_losses(tmp_path_factory, weights_file) -> ServingSession:
+    """A model exported with every style loss (nst-export --style-losses gram,w2,sliced), loaded the
+    server's way."""
+    from nst_export.exporter import export
+    from nst_model.options import STYLE_LOSSES
+
+    path = export(tmp_path_factory.mktemp("models") / "nst", weights=weights_file, style_losses=STYLE_LOSSES)
+    session = ServingSession(path)
+    yield session
+    session.close()
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])

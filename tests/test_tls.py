@@ -8,45 +8,13 @@ session's Session.
 from __future__ import annotations
 
 import pathlib
-import shutil
-import subprocess
 
 import grpc
 import pytest
-from serving_helpers import serving_default
+from helpers import OPENSSL, make_certificate, serving_default
 
 from nst_client import NSTClient, cli, errors
 from nst_devserver import serving as ds
-
-OPENSSL = shutil.which("openssl")
-
-
-def make_certificate(folder: pathlib.Path, name: str, host: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """A self-signed certificate for `host` (and 127.0.0.1) and its key, as PEM files."""
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(
-        [
-            OPENSSL,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            f"/CN={host}",
-            "-addext",
-            f"subjectAltName=DNS:{host},IP:127.0.0.1",
-            "-keyout",
-            key,
-            "-out",
-            cert,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import random_weights, write_keras_h5
+from helpers import random_weights, write_keras_h5
 
 from nst_model import vgg
 
