@@ -20,10 +20,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+import tqdm
+
 from . import contract, errors
 from .chunked import Interrupted, scales_problem
 from .errors import ClientError, InputError, ServerError
-from .output import checkpoint_path, prepare_output
+from .output import Checkpoints, checkpoint_path, prepare_output, save
 from .progress import ProgressBar
 from .settings import (
     DEFAULT_CHUNK,
@@ -359,10 +361,8 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
     content, *styles = args.args
     started = time.perf_counter()
     output = pathlib.Path(args.output)
-
-    def save(steps: int, png: bytes) -> None:
-        checkpoint_path(output, steps).write_bytes(png)
-
+    # A checkpoint that cannot be written is a warning above the bar; only the final output decides the exit.
+    checkpoints = Checkpoints(output, lambda line: tqdm.tqdm.write(f"nst-client: warning: {line}", file=sys.stderr))
     announced = False
 
     def announce_wait(seconds: float) -> None:  # a one-call run has no progress bar to show its wait
@@ -383,7 +383,7 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
                     styles,
                     chunk=chunk,
                     progress=bar,
-                    checkpoint=save if args.save_every else None,
+                    checkpoint=checkpoints if args.save_every else None,
                     checkpoint_every=args.save_every,
                     scales=args.scales,
                     on_wait=bar.waiting if not one_call else None if args.quiet else announce_wait,
@@ -391,16 +391,12 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
                 )
         except Interrupted as e:
             if e.png is not None:
-                save(e.done, e.png)
-                print(
-                    f"nst-client: wrote the image after {e.done} steps to {checkpoint_path(output, e.done)}",
-                    file=sys.stderr,
-                )
+                saved = save(checkpoint_path(output, e.done), e.png)
+                print(f"nst-client: {saved.outcome(f'the image after {e.done} steps')}", file=sys.stderr)
             raise
-    try:
-        pathlib.Path(args.output).write_bytes(result.png)
-    except OSError as e:
-        raise InputError(f"cannot write {args.output}: {e.strerror}") from None
+    saved = save(output, result.png)
+    if saved.problem:  # the image is elsewhere (or lost): said in one line, and the exit is not 0
+        raise InputError(saved.outcome("the image"))
     if not args.quiet:
         losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
         version = f" by version {result.model_version}" if result.model_version is not None else ""

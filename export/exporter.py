@@ -7,9 +7,12 @@ the warmup requests the server replays at load time and export_info.json.
 from __future__ import annotations
 
 import datetime
+import errno
+import fcntl
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -27,6 +30,10 @@ from nst_model.vgg import load_weights
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 INFO_FILE = "export_info.json"
+# Staging folders (this export's .staging-XXXX, and the .N-staging-XXXX of exports before locks), each with
+# its lock file beside it: names the server's poller ignores, not being numbers.
+STAGING = re.compile(r"\.(?:\d+-)?staging-\w+")
+LOCK_SUFFIX = ".lock"
 
 
 def warmup_requests(model_name: str, servable: Servable) -> list[predict_pb2.PredictRequest]:
@@ -136,8 +143,99 @@ def _shown(value: np.ndarray) -> str:
 
 
 def next_version(model_dir: pathlib.Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    """One past the highest number in `model_dir` (a file of that name counts too: the number is taken)."""
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
     return max(versions, default=0) + 1
+
+
+def _lock_of(staging: pathlib.Path) -> pathlib.Path:
+    return staging.with_name(staging.name + LOCK_SUFFIX)
+
+
+def _try_lock(path: pathlib.Path) -> int | None:
+    """An open, exclusively locked descriptor of `path`; None if it is gone or another process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_staging(model_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Remove the staging folders that no live export owns; returns them.
+
+    A live export holds an flock on its folder's lock file, which the kernel drops when the process
+    ends, however it ends (SIGKILL, out of memory, a segfault): a lock file that can be locked is an
+    owner gone. A staging folder without a lock file is from an export before locks. Lock files left
+    without a folder (an export killed just before making it, or just after publishing) go too.
+    """
+    removed = []
+    for path in sorted(model_dir.iterdir()):
+        folder = path.with_name(path.name.removesuffix(LOCK_SUFFIX))
+        if path != folder and STAGING.fullmatch(folder.name):  # a lock file: free means its owner is gone
+            fd = _try_lock(path)
+            if fd is None:
+                continue  # a live export's, or just removed by another clean-up
+            try:
+                if folder.exists():
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+                path.unlink()  # while locked: an export that made it and locks it after us takes another
+            finally:
+                os.close(fd)
+        elif STAGING.fullmatch(path.name) and path.is_dir() and not _lock_of(path).exists():
+            shutil.rmtree(path, ignore_errors=True)  # from an export before locks
+            removed.append(path)
+    return removed
+
+
+def _stage(model_dir: pathlib.Path) -> tuple[pathlib.Path, int]:
+    """A new staging folder in `model_dir`, and the descriptor of its lock file, locked for as long as this
+    process lives (see remove_stale_staging). The lock is held before the folder exists."""
+    while True:
+        fd, name = tempfile.mkstemp(prefix=".staging-", suffix=LOCK_SUFFIX, dir=model_dir)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while another export's clean-up removes this very file
+        if os.fstat(fd).st_nlink:
+            break
+        os.close(fd)  # removed as stale between its creation and the lock: take another
+    staging = pathlib.Path(name.removesuffix(LOCK_SUFFIX))
+    try:
+        staging.mkdir()
+        staging.chmod(0o755)  # whatever the umask: the server may run as another user
+    except BaseException:
+        _unstage(staging, fd)
+        raise
+    return staging, fd
+
+
+def _unstage(staging: pathlib.Path, lock_fd: int) -> None:
+    """Remove the staging folder, if still there, then its lock file, then let the lock go."""
+    shutil.rmtree(staging, ignore_errors=True)
+    _lock_of(staging).unlink(missing_ok=True)
+    os.close(lock_fd)
+
+
+def publish(staging: pathlib.Path, model_dir: pathlib.Path, version: int | None) -> pathlib.Path:
+    """Rename the checked staging folder to `model_dir/version`, in one step the server's poller sees whole.
+    Left out, the version is the next free number at the rename: another export may take one between
+    the look and the rename (the rename then fails, the folder being full), and this one takes the next."""
+    number = 0
+    while True:
+        number = version if version is not None else max(next_version(model_dir), number + 1)
+        target = model_dir / str(number)
+        try:
+            os.rename(staging, target)
+            return target
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
+            if version is not None:
+                raise FileExistsError(f"{target} already exists; pick another --version or leave it out") from None
 
 
 def export(
@@ -156,15 +254,13 @@ def export(
         raise ValueError(problem)
     model_dir = pathlib.Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_dir) if version is None else version
-    target = model_dir / str(version)
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; pick another --version or leave it out")
+    if version is not None and (model_dir / str(version)).exists():
+        raise FileExistsError(f"{model_dir / str(version)} already exists; pick another --version or leave it out")
+    remove_stale_staging(model_dir)
     arrays, weights_path, weights_sha = load_weights(weights)
     module = Servable(StyleTransfer(arrays, precision, style_losses), limits)
     # A sibling folder whose name is not a number: the server's poller ignores it until the rename.
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{version}-staging-", dir=model_dir))
-    staging.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
+    staging, lock_fd = _stage(model_dir)
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
         write_warmup(staging / "assets.extra" / WARMUP_FILE, warmup_requests(model_dir.name, module))
@@ -181,8 +277,7 @@ def export(
         }
         (staging / "assets.extra" / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         verify(staging)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        target = publish(staging, model_dir, version)
+    finally:
+        _unstage(staging, lock_fd)  # after a publish, only the lock file is left to remove
     return target

@@ -77,18 +77,20 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal: TextIO) -> tuple[str, int]:
     """Build or load the model and run it: (the line to print, the exit code)."""
     import tensorflow as tf
+    import tqdm
 
     from nst_client import images
     from nst_client.chunked import Interrupted
     from nst_client.errors import ClientError, clean_message
+    from nst_client.output import Checkpoints, save
     from nst_client.progress import ProgressBar
     from nst_model.model import StyleTransfer
     from nst_model.runner import Stylizer, load
     from nst_model.signatures import Servable
     from nst_model.vgg import WeightsError, load_weights, resolve_precision
 
-    def save(steps: int, png: bytes) -> None:
-        checkpoint_path(output, steps).write_bytes(png)
+    # A checkpoint that cannot be written is a warning above the bar; only the final output decides the exit.
+    checkpoints = Checkpoints(output, lambda line: tqdm.tqdm.write(f"nst-stylize: warning: {line}", file=terminal))
 
     try:
         # The images first: a missing or unreadable one is reported before a minute of model building.
@@ -110,11 +112,10 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
                 chunk=args.chunk,
                 scales=args.scales,
                 progress=bar,
-                checkpoint=save if args.save_every else None,
+                checkpoint=checkpoints if args.save_every else None,
                 checkpoint_every=args.save_every,
                 **options,
             )
-        output.write_bytes(result.png)
     except (WeightsError, ClientError, OSError) as e:
         return f"nst-stylize: error: {e}", EXIT_BAD_INPUT
     except tf.errors.OpError as e:
@@ -122,11 +123,13 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
     except Interrupted as e:
         where = "no step had finished"
         if e.png is not None:
-            save(e.done, e.png)
-            where = f"wrote the image after {e.done} steps to {checkpoint_path(output, e.done)}"
+            where = save(checkpoint_path(output, e.done), e.png).outcome(f"the image after {e.done} steps")
         return f"nst-stylize: interrupted; {where}", EXIT_INTERRUPTED
     except KeyboardInterrupt:
         return "nst-stylize: interrupted before the run started", EXIT_INTERRUPTED
+    saved = save(output, result.png)
+    if saved.problem:  # the image is elsewhere (or lost): said in one line, and the exit is not 0
+        return f"nst-stylize: error: {saved.outcome('the image')}", EXIT_BAD_INPUT
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
     return f"wrote {output} ({result.image.width}x{result.image.height}); {losses}", 0
 

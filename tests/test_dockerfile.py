@@ -67,6 +67,8 @@ def test_server_flags():
         ("models/nst/1/saved_model.pb", True),
         ("models/nst/1/variables/variables.index", True),
         ("models/nst/.2-staging-x1/saved_model.pb", False),
+        ("models/nst/.staging-x1/saved_model.pb", False),
+        ("models/nst/.staging-x1.lock", False),
         (".venv/bin/python", False),
         ("client/cli.py", False),
         ("deploy/monitoring.config", True),

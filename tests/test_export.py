@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import fcntl
 import json
+import os
 import pathlib
+import re
+import subprocess
+import threading
+import time
 
 import pytest
 import tensorflow as tf
+from serving_helpers import quiet_env, script
 from tensorflow.core.protobuf import saved_model_pb2
 
 from nst_client import chunked
@@ -106,3 +114,122 @@ def test_cli_precision_auto_is_bfloat16_where_this_cpu_has_it(tmp_path, monkeypa
         export_cli.main(["--model-dir", str(tmp_path / "nst"), "--precision", flag])
     assert chosen == [("bfloat16" if fast else "float32") if flag == "auto" else flag]
     assert "stopped before exporting" in capsys.readouterr().err
+
+
+# ---- staging folders a killed export leaves, and exports at the same time --------------------------
+
+
+def held_lock(path: pathlib.Path) -> int:
+    """A lock file locked as a live export holds it (a separate open file: the clean-up in this process cannot
+    take it either)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_stale_staging_goes_and_a_live_export_keeps_its_own(tmp_path):
+    model_dir = tmp_path / "nst"
+    for name in (".staging-dead", ".3-staging-old", ".staging-live", "1", "notes"):
+        (model_dir / name).mkdir(parents=True)
+        (model_dir / name / "saved_model.pb").write_bytes(b"half a model")
+    (model_dir / ".staging-dead.lock").touch()  # its export was killed: nothing holds the lock
+    (model_dir / ".staging-orphan.lock").touch()  # killed before making its folder
+    live = held_lock(model_dir / ".staging-live.lock")
+    try:
+        removed = exporter.remove_stale_staging(model_dir)
+        assert sorted(p.name for p in removed) == [".3-staging-old", ".staging-dead"]
+        assert sorted(p.name for p in model_dir.iterdir()) == [".staging-live", ".staging-live.lock", "1", "notes"]
+        assert (model_dir / ".staging-live" / "saved_model.pb").exists()
+    finally:
+        os.close(live)
+    exporter.remove_stale_staging(model_dir)  # its owner gone too
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "notes"]
+
+
+def test_staging_is_locked_before_it_exists_and_removed_whole(tmp_path):
+    staging, fd = exporter._stage(tmp_path)
+    assert staging.is_dir() and staging.stat().st_mode & 0o777 == 0o755
+    assert exporter.remove_stale_staging(tmp_path) == [] and staging.is_dir()  # held: a live export's
+    exporter._unstage(staging, fd)
+    assert list(tmp_path.iterdir()) == []
+
+
+def staged(model_dir: pathlib.Path, mark: str) -> pathlib.Path:
+    """A stand-in for a checked export: a staging folder holding a file that says whose it is."""
+    folder = model_dir / f".staging-{mark}"
+    folder.mkdir(parents=True)
+    (folder / "mark").write_text(mark)
+    return folder
+
+
+def test_a_version_taken_meanwhile_moves_the_export_to_the_next_number(tmp_path, monkeypatch):
+    model_dir = tmp_path / "nst"
+    for taken in ("1", "2"):
+        (staged(model_dir, taken)).rename(model_dir / taken)  # what other exports published meanwhile
+    monkeypatch.setattr(exporter, "next_version", lambda model_dir: 1)  # the number as it was when first looked at
+    assert exporter.publish(staged(model_dir, "late"), model_dir, None) == model_dir / "3"
+    assert [(model_dir / v / "mark").read_text() for v in ("1", "2", "3")] == ["1", "2", "late"]
+    # An explicit --version is never moved: taken meanwhile, the export is refused and its staging left to clean.
+    late = staged(model_dir, "explicit")
+    with pytest.raises(FileExistsError, match=r"nst/2 already exists; pick another --version or leave it out"):
+        exporter.publish(late, model_dir, 2)
+    assert (model_dir / "2" / "mark").read_text() == "2" and late.is_dir()
+
+
+def test_exports_publishing_at_once_each_land_as_their_own_version(tmp_path, monkeypatch):
+    """All of them look for the next number before any renames (a barrier makes sure), so all first pick 1."""
+    model_dir = tmp_path / "nst"
+    marks = [f"export{i}" for i in range(6)]
+    folders = [staged(model_dir, mark) for mark in marks]
+    everyone_looked = threading.Barrier(len(marks))
+    looked, real = set(), exporter.next_version
+
+    def next_version(model_dir):
+        number = real(model_dir)
+        if threading.get_ident() not in looked:
+            looked.add(threading.get_ident())
+            everyone_looked.wait(timeout=60)
+        return number
+
+    monkeypatch.setattr(exporter, "next_version", next_version)
+    with concurrent.futures.ThreadPoolExecutor(len(marks)) as pool:
+        published = list(pool.map(lambda folder: exporter.publish(folder, model_dir, None), folders))
+    assert sorted(p.name for p in published) == [str(v) for v in range(1, len(marks) + 1)]
+    assert [(path / "mark").read_text() for path in published] == marks
+
+
+def nst_export(model_dir: pathlib.Path, weights: pathlib.Path) -> subprocess.Popen:
+    command = [script("nst-export"), "--model-dir", model_dir, "--weights", weights]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=quiet_env())
+
+
+@pytest.mark.slow
+def test_a_killed_export_is_cleaned_up_and_two_exports_at_once_both_land(tmp_path, weights_file):
+    """nst-export killed mid-write (SIGKILL: no handler runs) leaves its staging folder; the next exports remove
+    it, keep the one a live export holds, and two of them started together land as versions 1 and 2."""
+    model_dir = tmp_path / "nst"
+    killed = nst_export(model_dir, weights_file)
+    deadline = time.monotonic() + 600
+    try:
+        while not [p for p in model_dir.glob(".staging-*") if p.is_dir() and any(p.iterdir())]:  # writing
+            assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()
+            time.sleep(0.05)
+    finally:
+        killed.kill()
+        killed.wait()
+    [left] = [p for p in model_dir.glob(".staging-*") if p.is_dir()]
+    staged(model_dir, "live")
+    live = held_lock(model_dir / ".staging-live.lock")
+    try:
+        exports = [nst_export(model_dir, weights_file) for _ in range(2)]
+        results = [process.communicate(timeout=900) for process in exports]
+        for process, (_, stderr) in zip(exports, results, strict=True):
+            assert process.returncode == 0, stderr
+        landed = sorted(re.search(r"exported (\S+) ", stdout)[1] for stdout, _ in results)
+        assert landed == [str(model_dir / "1"), str(model_dir / "2")]
+        assert not left.exists()
+        assert sorted(p.name for p in model_dir.iterdir()) == [".staging-live", ".staging-live.lock", "1", "2"]
+        for version in ("1", "2"):
+            exporter.verify(model_dir / version)
+    finally:
+        os.close(live)
