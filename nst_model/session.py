@@ -31,6 +31,11 @@ class ServingSession:
                 self.session, ["serve"], self.path
             )
         self.signatures = {k: v for k, v in self.meta_graph.signature_def.items() if not k.startswith("__")}
+        # The server feeds a signature's defaults for the inputs a request leaves out, so every call of a
+        # signature feeds the same inputs and the Session prepares one executor for them (seconds each).
+        self._defaults = {
+            name: {k: tf.make_ndarray(v) for k, v in sig.defaults.items()} for name, sig in self.signatures.items()
+        }
         self._close_lock = threading.Lock()
 
     def signature(self, name: str = "") -> meta_graph_pb2.SignatureDef:
@@ -47,12 +52,17 @@ class ServingSession:
     ) -> dict[str, np.ndarray]:
         """Feed arrays by signature input name, return the (filtered) outputs by name.
 
-        Arrays go in with their own dtype and shape, unconverted, as the server sends them;
-        errors come back as tf.errors.OpError with the graph's status code. `trace`, if given, is
-        filled with the run's full trace (every op's time, for benchmarks/trace.py).
+        Arrays go in with their own dtype and shape, unconverted, as the server sends them, and
+        the signature's defaults for the inputs left out, as the server fills them in. Every output
+        is fetched and the filter applied here: the Session prepares an executor for each set of
+        inputs and outputs it meets (seconds for this graph), and this way a signature needs one; the
+        outputs are computed by every call anyway. Errors come back as tf.errors.OpError with the
+        graph's status code. `trace`, if given, is filled with the run's full trace (every op's time,
+        for benchmarks/trace.py).
         """
         sig = self.signature(signature_name)
-        outputs = list(output_filter) if output_filter else sorted(sig.outputs)
+        outputs = sorted(sig.outputs)
+        feeds = {**self._defaults[signature_name or DEFAULT_SIGNATURE], **feeds}
         feed = {self._tensor(sig.inputs[k].name)._as_tf_output(): v for k, v in feeds.items()}
         fetch = [self._tensor(sig.outputs[k].name)._as_tf_output() for k in outputs]
         level = config_pb2.RunOptions.FULL_TRACE if trace is not None else config_pb2.RunOptions.NO_TRACE
@@ -67,7 +77,8 @@ class ServingSession:
             c_api.TF_DeleteBuffer(buffer)
             if metadata is not None:
                 c_api.TF_DeleteBuffer(metadata)
-        return dict(zip(outputs, values, strict=True))
+        values = dict(zip(outputs, values, strict=True))
+        return {k: values[k] for k in output_filter} if output_filter else values
 
     def _tensor(self, name: str) -> tf.Tensor:
         return self.graph.get_tensor_by_name(name)
