@@ -415,11 +415,13 @@ def test_deadline_exceeded_then_the_server_answers_the_next_request(client, devs
 
 
 def test_ctrl_c_cancels_the_call_in_flight():
-    cancelled = threading.Event()
+    arrived, cancelled = threading.Event(), threading.Event()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what Ctrl-C does in a Python program
 
     class Hanging(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             context.add_callback(cancelled.set)  # called when the call ends: here, only by cancellation
+            arrived.set()
             cancelled.wait(60)
             return predict_pb2.PredictResponse()
 
@@ -429,7 +431,8 @@ def test_ctrl_c_cancels_the_call_in_flight():
     server.start()
     try:
         with NSTClient(f"127.0.0.1:{port}", timeout=60) as client:
-            threading.Timer(0.5, _thread.interrupt_main).start()  # Ctrl-C, as the main thread sees it
+            # Ctrl-C, as the main thread sees it, once the call is in flight.
+            threading.Thread(target=lambda: arrived.wait(60) and _thread.interrupt_main()).start()
             with pytest.raises(KeyboardInterrupt):
                 client.predict("decode", {"image": b"png"})
             assert cancelled.wait(10), "the server never heard that the call was cancelled"
