@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import pathlib
 import sys
 import time
@@ -23,9 +22,11 @@ from typing import TYPE_CHECKING, NoReturn
 from . import contract, errors
 from .chunked import Interrupted, scales_problem
 from .errors import ClientError, InputError, ServerError
+from .flags import add_scales_flag
 from .output import checkpoint_path, prepare_output
 from .progress import ProgressBar
-from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_SCALES, DEFAULT_TIMEOUT_S
+from .quiet import quiet_tensorflow
+from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
@@ -62,23 +63,6 @@ NOT_OPTIONS = {"progress": "the progress bar shows unless --quiet"}
 MAX_VERSION = 2**63 - 1  # versions are int64 in the ModelSpec
 
 
-def quiet_tensorflow(verbose: bool) -> None:
-    """Before TensorFlow loads: hide its start-up log lines unless `verbose`.
-
-    They are noise here and some look like failures (`failed call to cuInit: INTERNAL` on a machine
-    without a GPU). Errors still reach the user: as exceptions, not log lines. An explicit
-    TF_CPP_MIN_LOG_LEVEL in the environment wins over the quiet default.
-    """
-    import logging
-
-    if verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in ("absl", "tensorflow"):  # Python-side warnings (deprecations, absl's) of the same kind
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def _version(text: str) -> int:
     """A model version, as the ModelSpec's int64 holds it."""
     try:
@@ -111,30 +95,6 @@ def _count(text: str) -> int:
     if count < 0:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text!r}")
     return count
-
-
-def _scales(text: str) -> tuple[int, ...]:
-    """Comma-separated longest sides, checked here for all that does not depend on max_dim."""
-    try:
-        scales = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers of pixels; got {text!r}") from None
-    if problem := scales_problem(scales, max(scales, default=0)):
-        raise argparse.ArgumentTypeError(problem.removeprefix("scales "))
-    return scales
-
-
-def add_scales_flag(parser: argparse.ArgumentParser) -> None:
-    """--scales, one flag and help for nst-client and nst-stylize."""
-    parser.add_argument(
-        "--scales",
-        type=_scales,
-        default=DEFAULT_SCALES,
-        metavar="S,S,...",
-        help="coarse-to-fine: run first at these longest sides, e.g. 256,512 before --max-dim 1024, each scale "
-        "starting from the last one's image upsampled; --steps is the total, the first scale gets two shares "
-        "and each later one one share (default: off, one scale)",
-    )
 
 
 class _Parser(argparse.ArgumentParser):
