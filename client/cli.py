@@ -29,8 +29,6 @@ from .quiet import quiet_tensorflow
 from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
-    from tensorflow.core.framework import tensor_pb2
-
     from .grpc_client import NSTClient
     from .rest_client import RestClient
 
@@ -350,7 +348,7 @@ def print_status(client: NSTClient | RestClient, args: argparse.Namespace) -> No
 
 
 def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
-    from tensorflow.core.framework import types_pb2
+    from . import tensors  # TensorFlow's protos, which load all of TensorFlow
 
     version, signatures = client.signatures()
     print(f"model {client.model_name!r} version {version} at {args.rest or args.server}")
@@ -361,37 +359,7 @@ def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -
     else:
         print(contract.limits_line(None))
     for name in sorted(signatures):
-        signature = signatures[name]
-        print(f"signature {name!r}")
-        for direction, infos in (("in ", signature.inputs), ("out", signature.outputs)):
-            for alias in sorted(infos):
-                info = infos[alias]
-                dtype = types_pb2.DataType.Name(info.dtype)
-                shape = "?" if info.tensor_shape.unknown_rank else str([d.size for d in info.tensor_shape.dim])
-                note = ""
-                if direction == "in ":
-                    note = _default(signature.defaults[alias]) if alias in signature.defaults else "required"
-                print(f"  {direction} {alias:<15} {dtype:<10} {shape:<16} {note}".rstrip())
-
-
-def _default(proto: tensor_pb2.TensorProto) -> str:
-    from . import tensors
-
-    try:
-        values = tensors.to_array(proto).ravel().tolist()
-    except TypeError:
-        return f"default: a {tensors.dtype_name(proto.dtype)} tensor"
-    if not values:
-        return "default: empty"
-    return "default: " + " ".join(_shown(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:g}"
-    return str(value)
+        print("\n".join(contract.signature_lines(name, signatures[name], tensors.dtype_name, shapes=True)))
 
 
 if __name__ == "__main__":
