@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import pathlib
 import sys
 import time
@@ -25,20 +24,13 @@ import tqdm
 from . import contract, errors
 from .chunked import Interrupted, scales_problem
 from .errors import ClientError, InputError, ServerError
+from .flags import add_scales_flag
 from .output import Checkpoints, checkpoint_path, prepare_output, save
 from .progress import ProgressBar
-from .settings import (
-    DEFAULT_CHUNK,
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_RETRIES,
-    DEFAULT_SCALES,
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_WAIT_S,
-)
+from .quiet import quiet_tensorflow
+from .settings import DEFAULT_CHUNK, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, DEFAULT_WAIT_S
 
 if TYPE_CHECKING:
-    from tensorflow.core.framework import tensor_pb2
-
     from .grpc_client import NSTClient
     from .rest_client import RestClient
 
@@ -70,23 +62,6 @@ OPTION_FLAGS = {
 # Keywords of NSTClient.run that are not model inputs (the images and `chunk` have flags or arguments).
 NOT_OPTIONS = {"progress": "the progress bar shows unless --quiet"}
 MAX_VERSION = 2**63 - 1  # versions are int64 in the ModelSpec
-
-
-def quiet_tensorflow(verbose: bool) -> None:
-    """Before TensorFlow loads: hide its start-up log lines unless `verbose`.
-
-    They are noise here and some look like failures (`failed call to cuInit: INTERNAL` on a machine
-    without a GPU). Errors still reach the user: as exceptions, not log lines. An explicit
-    TF_CPP_MIN_LOG_LEVEL in the environment wins over the quiet default.
-    """
-    import logging
-
-    if verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in ("absl", "tensorflow"):  # Python-side warnings (deprecations, absl's) of the same kind
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _version(text: str) -> int:
@@ -121,30 +96,6 @@ def _count(text: str) -> int:
     if count < 0:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text!r}")
     return count
-
-
-def _scales(text: str) -> tuple[int, ...]:
-    """Comma-separated longest sides, checked here for all that does not depend on max_dim."""
-    try:
-        scales = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers of pixels; got {text!r}") from None
-    if problem := scales_problem(scales, max(scales, default=0)):
-        raise argparse.ArgumentTypeError(problem.removeprefix("scales "))
-    return scales
-
-
-def add_scales_flag(parser: argparse.ArgumentParser) -> None:
-    """--scales, one flag and help for nst-client and nst-stylize."""
-    parser.add_argument(
-        "--scales",
-        type=_scales,
-        default=DEFAULT_SCALES,
-        metavar="S,S,...",
-        help="coarse-to-fine: run first at these longest sides, e.g. 256,512 before --max-dim 1024, each scale "
-        "starting from the last one's image upsampled; --steps is the total, the first scale gets two shares "
-        "and each later one one share (default: off, one scale)",
-    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -418,7 +369,7 @@ def print_status(client: NSTClient | RestClient, args: argparse.Namespace) -> No
 
 
 def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
-    from tensorflow.core.framework import types_pb2
+    from . import tensors  # TensorFlow's protos, which load all of TensorFlow
 
     version, signatures = client.signatures()
     print(f"model {client.model_name!r} version {version} at {args.rest or args.server}")
@@ -429,37 +380,7 @@ def print_signatures(client: NSTClient | RestClient, args: argparse.Namespace) -
     else:
         print(contract.limits_line(None))
     for name in sorted(signatures):
-        signature = signatures[name]
-        print(f"signature {name!r}")
-        for direction, infos in (("in ", signature.inputs), ("out", signature.outputs)):
-            for alias in sorted(infos):
-                info = infos[alias]
-                dtype = types_pb2.DataType.Name(info.dtype)
-                shape = "?" if info.tensor_shape.unknown_rank else str([d.size for d in info.tensor_shape.dim])
-                note = ""
-                if direction == "in ":
-                    note = _default(signature.defaults[alias]) if alias in signature.defaults else "required"
-                print(f"  {direction} {alias:<15} {dtype:<10} {shape:<16} {note}".rstrip())
-
-
-def _default(proto: tensor_pb2.TensorProto) -> str:
-    from . import tensors
-
-    try:
-        values = tensors.to_array(proto).ravel().tolist()
-    except TypeError:
-        return f"default: a {tensors.dtype_name(proto.dtype)} tensor"
-    if not values:
-        return "default: empty"
-    return "default: " + " ".join(_shown(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
-
-
-def _shown(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:g}"
-    return str(value)
+        print("\n".join(contract.signature_lines(name, signatures[name], tensors.dtype_name, shapes=True)))
 
 
 if __name__ == "__main__":

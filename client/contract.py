@@ -1,4 +1,5 @@
-"""What the client relies on in the served model, and how option values become its inputs.
+"""What the client relies on in the served model, how option values become its inputs, and how a
+signature is printed (`nst-client signatures`, nst-export).
 
 The client names the signatures and the inputs it drives (images, steps) and nothing else (the
 names live with the chunk loop, nst_client.chunked, and are re-exported here); every option is an input
@@ -10,7 +11,7 @@ not sent, so the model's own default applies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +41,46 @@ def limits_line(limits: Mapping[str, int] | None) -> str:
         f"limits: longest side {limits['min_side']} to {limits['max_side']} px, at most {limits['max_steps']} steps "
         f"per call, {limits['max_styles']} styles, {limits['max_input_pixels']} input pixels"
     )
+
+
+def signature_lines(
+    name: str, signature: meta_graph_pb2.SignatureDef, dtype_name: Callable[[int], str], shapes: bool
+) -> list[str]:
+    """A signature as `nst-client signatures` (dtypes as DT_FLOAT, with shapes) and nst-export (dtypes as
+    float32) print it: a line per input, with its default or "required", and a line per output."""
+    lines = [f"signature {name!r}"]
+    for direction, infos in (("in ", signature.inputs), ("out", signature.outputs)):
+        for alias in sorted(infos):
+            info = infos[alias]
+            columns = f"{dtype_name(info.dtype):<8}"
+            if shapes:
+                shape = "?" if info.tensor_shape.unknown_rank else str([d.size for d in info.tensor_shape.dim])
+                columns = f"{dtype_name(info.dtype):<10} {shape:<16}"
+            note = ""
+            if direction == "in ":
+                note = _default(signature.defaults[alias]) if alias in signature.defaults else "required"
+            lines.append(f"  {direction} {alias:<15} {columns} {note}".rstrip())
+    return lines
+
+
+def _default(proto: tensor_pb2.TensorProto) -> str:
+    from . import tensors
+
+    try:
+        values = tensors.to_array(proto).ravel().tolist()
+    except TypeError:
+        return f"default: a {tensors.dtype_name(proto.dtype)} tensor"
+    if not values:
+        return "default: empty"
+    return "default: " + " ".join(_shown(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
 
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -41,3 +42,18 @@ def hidden_stderr(hidden: bool) -> Iterator[TextIO]:
                 capture.seek(0)
                 sys.stderr.write(capture.read().decode(errors="replace"))
                 sys.stderr.flush()
+
+
+def quiet_tensorflow(verbose: bool) -> None:
+    """Before TensorFlow loads: hide its start-up log lines unless `verbose`.
+
+    They are noise here and some look like failures (`failed call to cuInit: INTERNAL` on a machine
+    without a GPU). Errors still reach the user: as exceptions, not log lines. An explicit
+    TF_CPP_MIN_LOG_LEVEL in the environment wins over the quiet default.
+    """
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("absl", "tensorflow"):  # Python-side warnings (deprecations, absl's) of the same kind
+        logging.getLogger(name).setLevel(logging.ERROR)

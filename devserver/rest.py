@@ -38,12 +38,12 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
-from nst_devserver.serving import Model, RunSlots, ServingError
+from nst_devserver.serving import Model, RunSlots, ServingError, _invalid, dtype_name
+from nst_model.session import DEFAULT_SIGNATURE
 
 REST_TIMEOUT_MS = (
     600_000  # what Dockerfile.serving passes as --rest_api_timeout_in_ms (the server's own default: 30000)
 )
-DEFAULT_SIGNATURE = "serving_default"
 # The stock server's paths (http_rest_api_util.cc), matched whole and case-insensitively; other /v1 paths
 # are "Malformed request" (400), and paths outside /v1 never reach the handler (404, no JSON).
 _HANDLED = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -84,15 +84,6 @@ _INT_RANGES = {  # dtype -> the JSON integers it takes (rapidjson IsInt, IsInt64
 }
 _FLOAT_FIELDS = {types_pb2.DT_FLOAT: ("float_val", np.float32, 9), types_pb2.DT_DOUBLE: ("double_val", np.float64, 17)}
 _DEBUG_LIMIT = 256  # json_tensor.cc kMaxJsonDebugStringBytes: longer values are cut in messages
-
-
-def _invalid(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def _dtype_name(enum: int) -> str:
-    """As TensorFlow's DataTypeString writes it: float, int32, string."""
-    return types_pb2.DataType.Name(enum).removeprefix("DT_").lower()
 
 
 # ---- JSON in --------------------------------------------------------------------------------------
@@ -177,7 +168,7 @@ def _dense_shape(value: object) -> list[int]:
 
 def _type_error(value: object, dtype: int) -> ServingError:
     return _invalid(
-        f"JSON Value: {_debug(value)} Type: {_json_type(value)} is not of expected type: {_dtype_name(dtype)}"
+        f"JSON Value: {_debug(value)} Type: {_json_type(value)} is not of expected type: {dtype_name(dtype)}"
     )
 
 
@@ -203,7 +194,7 @@ def _add_value(value: object, dtype: int, proto: tensor_pb2.TensorProto) -> None
         proto.bool_val.append(value)
     else:
         raise ServingError(
-            grpc.StatusCode.UNIMPLEMENTED, f"Conversion of JSON Value: {_debug(value)} to type: {_dtype_name(dtype)}"
+            grpc.StatusCode.UNIMPLEMENTED, f"Conversion of JSON Value: {_debug(value)} to type: {dtype_name(dtype)}"
         )
 
 
@@ -367,7 +358,7 @@ def _scalar_writer(proto: tensor_pb2.TensorProto, name: str) -> Callable[[object
         if name.endswith("_bytes"):
             return lambda v: json.dumps({"b64": base64.b64encode(v).decode()})
         return lambda v: json.dumps(v.decode("utf-8", errors="replace"), ensure_ascii=False)
-    raise _invalid(f"Failed to write JSON value for tensor type: {_dtype_name(dtype)}")
+    raise _invalid(f"Failed to write JSON value for tensor type: {dtype_name(dtype)}")
 
 
 def _nested(value: object, write: Callable[[object], str]) -> str:

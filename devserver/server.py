@@ -1,9 +1,9 @@
 """nst-devserver: a stand-in for tensorflow_model_server, for development and tests only.
 
-It answers the gRPC API the real server offers for this model and runs requests the way the
-real server does (see serving.py, which holds the serving side). It is no substitute in
-production: no REST API, batching, version policy, model polling or metrics; use the
-tensorflow/serving image (Dockerfile.serving) there.
+It answers the gRPC API the real server offers for this model, and with --rest-port its REST
+API (rest.py), and runs requests the way the real server does (see serving.py, which holds the
+serving side). It is no substitute in production: no batching, version policy, model polling or
+metrics; use the tensorflow/serving image (Dockerfile.serving) there.
 
 This module parses the command line before TensorFlow is imported, so `--help` and usage
 errors are instant, and it keeps TensorFlow's start-up log lines off the terminal (`--verbose`
@@ -19,8 +19,8 @@ import signal
 import sys
 from typing import Any, NamedTuple
 
-from nst_client.cli import quiet_tensorflow
-from nst_client.quiet import hidden_stderr
+from nst_client.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER_ERROR
+from nst_client.quiet import hidden_stderr, quiet_tensorflow
 
 
 def __getattr__(name: str) -> object:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         started.rest.shutdown()
         started.rest.server_close()
     model.close()
-    return 0
+    return EXIT_OK
 
 
 class Started(NamedTuple):
@@ -145,11 +145,11 @@ def start(args: argparse.Namespace) -> Started:
         try:
             credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
         except OSError as e:
-            raise StartError(f"cannot read {e.filename}: {e.strerror}", 2) from None
+            raise StartError(f"cannot read {e.filename}: {e.strerror}", EXIT_BAD_INPUT) from None
     try:
         model = Model.load(args.model_dir, args.model_name)
     except (OSError, tf.errors.OpError) as e:
-        raise StartError(f"cannot load {args.model_dir}: {e}", 2) from None
+        raise StartError(f"cannot load {args.model_dir}: {e}", EXIT_BAD_INPUT) from None
     try:
         warmed = model.warm_up()
         slots = RunSlots(args.max_concurrent, args.max_queue)
@@ -162,7 +162,7 @@ def start(args: argparse.Namespace) -> Started:
             rest, rest_port = serve_rest(model, args.host, args.rest_port, slots)
     except (RuntimeError, OSError) as e:
         model.close()
-        raise StartError(str(e), 1) from None
+        raise StartError(str(e), EXIT_SERVER_ERROR) from None
     return Started(model, server, port, warmed, credentials is not None, health, rest, rest_port)
 
 

@@ -50,9 +50,8 @@ from tensorflow_serving.apis import (
 )
 
 from nst_client import tensors
-from nst_model.session import DEFAULT_SIGNATURE, ServingSession
+from nst_model.session import DEFAULT_SIGNATURE, WARMUP_FILE, ServingSession
 
-WARMUP_FILE = pathlib.Path("assets.extra", "tf_serving_warmup_requests")  # the name the real server reads
 MESSAGE_LIMIT = 1024  # the real server truncates longer error messages (grpc_status_util.cc)
 T = TypeVar("T")
 GRPC_OPTIONS = (("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1))

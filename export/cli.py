@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from nst_client.cli import quiet_tensorflow
-from nst_client.quiet import hidden_stderr
+from nst_client.errors import EXIT_BAD_INPUT, EXIT_OK
+from nst_client.quiet import hidden_stderr, quiet_tensorflow
 from nst_model.options import EXPORTED_STYLE_LOSSES, MAX_SIDE, MAX_STEPS, MIN_SIDE, PRECISIONS, STYLE_LOSSES, Limits
 
 
@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         except (WeightsError, FileExistsError) as e:
             problem = e
     if problem:
-        parser.exit(2, f"nst-export: error: {problem}\n")
+        parser.exit(EXIT_BAD_INPUT, f"nst-export: error: {problem}\n")
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(description)
     print(
         f"exported {path} ({size / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s; "
         "checked through the TF1 Session loader with its warmup requests"
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -20,15 +20,14 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from nst_client.contract import LIMITS, limits_line
+from nst_client.contract import LIMITS, limits_line, signature_lines
 from nst_model.model import StyleTransfer
 from nst_model.options import DEFAULTS, EXPORTED_STYLE_LOSSES, MIN_SIDE, Limits
 from nst_model.runner import Stylizer
-from nst_model.session import ServingSession
+from nst_model.session import WARMUP_FILE, ServingSession
 from nst_model.signatures import SIGNATURES, Servable
 from nst_model.vgg import load_weights
 
-WARMUP_FILE = "tf_serving_warmup_requests"
 INFO_FILE = "export_info.json"
 # Staging folders (this export's .staging-XXXX, and the .N-staging-XXXX of exports before locks), each with
 # its lock file beside it: names the server's poller ignores, not being numbers.
@@ -95,7 +94,7 @@ def verify(path: pathlib.Path) -> None:
         missing = set(SIGNATURES) - set(session.signatures)
         if missing:
             raise RuntimeError(f"{path}: signatures {sorted(missing)} missing from the export")
-        for request in read_warmup(path / "assets.extra" / WARMUP_FILE):
+        for request in read_warmup(path / WARMUP_FILE):
             feeds = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             outputs = session.run(request.model_spec.signature_name, feeds, list(request.output_filter))
             for name, value in outputs.items():
@@ -115,16 +114,7 @@ def describe(path: pathlib.Path) -> str:
     lines = []
     try:
         for name in SIGNATURES:
-            lines.append(f"signature {name!r}")
-            signature = session.signature(name)
-            for direction, tensors in (("in ", signature.inputs), ("out", signature.outputs)):
-                for key in sorted(tensors):
-                    dtype = tf.dtypes.as_dtype(tensors[key].dtype).name
-                    default = ""
-                    if direction == "in ":
-                        given = signature.defaults.get(key)
-                        default = _shown(tf.make_ndarray(given)) if given is not None else "required"
-                    lines.append(f"  {direction} {key:<15} {dtype:<8} {default}".rstrip())
+            lines += signature_lines(name, session.signature(name), _dtype_name, shapes=False)
         limits = {k: int(v) for k, v in session.run(LIMITS, {}, []).items()}
     finally:
         session.close()
@@ -132,14 +122,9 @@ def describe(path: pathlib.Path) -> str:
     return "\n".join([*lines, limits_line(limits), f"style losses: {', '.join(held)} (nst-export --style-losses)"])
 
 
-def _shown(value: np.ndarray) -> str:
-    if value.size == 0:
-        return "default: empty"
-    shown = [
-        v.decode() if isinstance(v, bytes) else f"{v:g}" if isinstance(v, float) else str(v)
-        for v in value.ravel().tolist()
-    ]
-    return f"default: {' '.join(shown)}"
+def _dtype_name(enum: int) -> str:
+    """float32, as the README's tables write dtypes."""
+    return tf.dtypes.as_dtype(enum).name
 
 
 def next_version(model_dir: pathlib.Path) -> int:
@@ -263,7 +248,7 @@ def export(
     staging, lock_fd = _stage(model_dir)
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
-        write_warmup(staging / "assets.extra" / WARMUP_FILE, warmup_requests(model_dir.name, module))
+        write_warmup(staging / WARMUP_FILE, warmup_requests(model_dir.name, module))
         info = {
             "tensorflow": tf.__version__,
             "weights_file": weights_path.name,

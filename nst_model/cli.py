@@ -1,4 +1,8 @@
-"""nst-stylize: style transfer of two images in this process, no server needed."""
+"""nst-stylize: style transfer of two images in this process, no server needed.
+
+A program on top of the run layer (nst_client's chunk loop, images, errors, progress): the graph
+modules of nst_model import nothing from here or from nst_client.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ import pathlib
 import sys
 from typing import TextIO
 
+from nst_client.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+from nst_client.flags import add_scales_flag
 from nst_client.output import checkpoint_path, prepare_output
+from nst_client.settings import DEFAULT_CHUNK
 from nst_model.options import PRECISIONS, add_flags, from_flags, problems
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,13 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("style", nargs="+", help="style image (any format Pillow reads); several are blended")
     parser.add_argument("-o", "--output", default="stylized.png", help="output PNG (default stylized.png)")
     add_flags(parser)
-    from nst_client.settings import DEFAULT_CHUNK  # light: no TensorFlow
-
     parser.add_argument(
         "--chunk", type=int, default=DEFAULT_CHUNK, help=f"steps per call (default {DEFAULT_CHUNK}); 0: one call"
     )
-    from nst_client.cli import add_scales_flag  # light too
-
     add_scales_flag(parser)
     parser.add_argument(
         "--save-every",
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem := prepare_output(output):
         parser.exit(EXIT_BAD_INPUT, f"nst-stylize: error: {problem}\n")
 
-    from nst_client.cli import quiet_tensorflow
-    from nst_client.quiet import hidden_stderr
+    from nst_client.quiet import hidden_stderr, quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
     # TensorFlow's own log lines go nowhere (unless --verbose); the bar and the outcome to the terminal.
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
     if saved.problem:  # the image is elsewhere (or lost): said in one line, and the exit is not 0
         return f"nst-stylize: error: {saved.outcome('the image')}", EXIT_BAD_INPUT
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
-    return f"wrote {output} ({result.image.width}x{result.image.height}); {losses}", 0
+    return f"wrote {output} ({result.image.width}x{result.image.height}); {losses}", EXIT_OK
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ BACKTRACKS = 10  # halvings of the step before giving up on a direction
 ValueAndGrad = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, typing.Any]]
 
 
-class State(typing.NamedTuple):
+class Iterate(typing.NamedTuple):
+    """Where L-BFGS stands after a step: the point, its objective and gradient, and the history."""
+
     x: tf.Tensor  # the point, any shape, within [0, 1]
     f: tf.Tensor  # objective at x
     g: tf.Tensor  # gradient at x
@@ -33,19 +35,19 @@ class State(typing.NamedTuple):
     evaluations: tf.Tensor  # int32: value_and_grad calls of the step that led here (0 at a start)
 
 
-def start(x: tf.Tensor, value_and_grad: ValueAndGrad, s: tf.Tensor, y: tf.Tensor) -> State:
-    """The state at `x`, continuing from `k <= HISTORY` stored pairs [k, *x.shape] (k may be 0)."""
+def start(x: tf.Tensor, value_and_grad: ValueAndGrad, s: tf.Tensor, y: tf.Tensor) -> Iterate:
+    """The iterate at `x`, continuing from `k <= HISTORY` stored pairs [k, *x.shape] (k may be 0)."""
     return resume(x, *value_and_grad(x), s, y)
 
 
-def resume(x: tf.Tensor, f: tf.Tensor, g: tf.Tensor, extra: typing.Any, s: tf.Tensor, y: tf.Tensor) -> State:
-    """The state at `x` from its objective, gradient and extras as an earlier run computed them:
+def resume(x: tf.Tensor, f: tf.Tensor, g: tf.Tensor, extra: typing.Any, s: tf.Tensor, y: tf.Tensor) -> Iterate:
+    """The iterate at `x` from its objective, gradient and extras as an earlier run computed them:
     a resumed run needs no evaluation before its first step."""
     padding = [[HISTORY - tf.shape(s)[0], 0]] + [[0, 0]] * len(x.shape)
-    return State(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra, tf.constant(0))
+    return Iterate(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra, tf.constant(0))
 
 
-def history(state: State) -> tuple[tf.Tensor, tf.Tensor]:
+def history(state: Iterate) -> tuple[tf.Tensor, tf.Tensor]:
     """The stored pairs without the unused rows, to hand to a later `start`."""
     used = tf.reduce_any(tf.not_equal(state.s, 0.0), axis=list(range(1, len(state.s.shape))))
     return tf.boolean_mask(state.s, used), tf.boolean_mask(state.y, used)
@@ -84,7 +86,7 @@ def _steepest(g: tf.Tensor) -> tf.Tensor:
     return -_first_scale(g) * g
 
 
-def step(state: State, value_and_grad: ValueAndGrad) -> State:
+def step(state: Iterate, value_and_grad: ValueAndGrad) -> Iterate:
     """One projected L-BFGS iteration: direction, line search, history update."""
     x, f, g, s, y, extra, _ = state
     # Variables pressed against a bound by their gradient stay there for this step.
@@ -122,6 +124,6 @@ def step(state: State, value_and_grad: ValueAndGrad) -> State:
     # No better point along d: stay, and forget the curvature that proposed it.
     return tf.cond(
         improved,
-        lambda: State(x_t, f_t, g_t, s, y, extra_t, evaluations),
-        lambda: State(x, f, g, tf.zeros_like(s), tf.zeros_like(y), extra, evaluations),
+        lambda: Iterate(x_t, f_t, g_t, s, y, extra_t, evaluations),
+        lambda: Iterate(x, f, g, tf.zeros_like(s), tf.zeros_like(y), extra, evaluations),
     )

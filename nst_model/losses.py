@@ -6,17 +6,28 @@ Three style losses compare the image's features with the styles' at each style l
   as crowsonkb/style-transfer-pytorch does, the matrix square roots by Newton-Schulz iterations;
 - sliced: the sliced Wasserstein distance of Heitz et al. (CVPR 2021): the features projected on
   random directions, sorted, and compared with the style's sorted projections.
-Each has a "statistics" function (what a style contributes, blended linearly across styles) and a
-per-layer term; `layer_sum` weighs the layers the same way for all three.
+Each is one StyleLoss (the end of this file), its one definition: the shapes of what it keeps of a
+style at each style layer, the statistics a style contributes (blended linearly across styles),
+the per-layer term and that term's size. `layer_sum` weighs the layers the same way for all three.
 """
 
 from __future__ import annotations
 
 import typing
 
+import numpy as np
 import tensorflow as tf
 
-from nst_model.options import SLICED_QUANTILES, W2_EPSILON, W2_ITERATIONS
+from nst_model.options import SLICED_QUANTILES, STYLE_LAYERS, W2_EPSILON, W2_ITERATIONS
+from nst_model.vgg import CHANNELS
+
+LAYER_CHANNELS = tuple(CHANNELS[layer.split("_")[0]] for layer in STYLE_LAYERS)
+
+
+def wide(features: tf.Tensor) -> tf.Tensor:
+    """Features of the network's precision as float32, for the losses that compute in it (the
+    Gram matrix takes them as they are: its gradient runs in their precision)."""
+    return tf.cast(features, tf.float32)
 
 
 def gram(features: tf.Tensor) -> tf.Tensor:
@@ -159,6 +170,96 @@ def sliced_term(features: tf.Tensor, dirs: tf.Tensor, target: tf.Tensor) -> tf.T
     resampled to the image's pixel count."""
     projected = sorted_projections(features, dirs)
     return tf.reduce_mean(tf.square(projected - resample(target, tf.shape(projected)[-1])))
+
+
+# ---- the style losses, one class each ------------------------------------------------------------
+
+
+class StyleLoss:
+    """One style loss, defined in one place. Per style layer k (of LAYER_CHANNELS[k] channels): the
+    shapes of what it keeps of a style, the `statistics` a style's features give (blended linearly
+    across styles), the `target` made of the blend once per run, the `term` comparing the image's
+    features with the target, and the term's `size` (its value for all-zero features), by which
+    style_balance=normalized divides it. `seed` fixes the random directions of those that use them."""
+
+    def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
+        raise NotImplementedError
+
+    def statistics(self, features: tf.Tensor, layer: int, seed: tf.Tensor) -> list[tf.Tensor]:
+        raise NotImplementedError
+
+    def target(self, blended: list[tf.Tensor]) -> list[tf.Tensor]:
+        return blended
+
+    def term(self, features: tf.Tensor, target: list[tf.Tensor], layer: int, seed: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def size(self, target: list[tf.Tensor]) -> tf.Tensor:
+        return tf.reduce_mean(tf.square(target[0]))
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The shapes of the targets of every style layer, in order, as the state packs them."""
+        return [shape for channels in LAYER_CHANNELS for shape in self.layer_shapes(channels)]
+
+    @property
+    def length(self) -> int:
+        """The length of the packed targets (the `style_targets` state)."""
+        return sum(int(np.prod(shape)) for shape in self.shapes)
+
+    def by_layer(self, parts: list[tf.Tensor]) -> list[list[tf.Tensor]]:
+        """Its targets (or statistics) for every style layer, in one list, as a list per layer."""
+        count = len(self.layer_shapes(1))
+        return [parts[k : k + count] for k in range(0, len(parts), count)]
+
+
+class Gram(StyleLoss):
+    """The Gram matrices [1, C, C] (Gatys et al.; the reference's)."""
+
+    def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
+        return ((1, channels, channels),)
+
+    def statistics(self, features: tf.Tensor, layer: int, seed: tf.Tensor) -> list[tf.Tensor]:
+        return [gram(features)]
+
+    def term(self, features: tf.Tensor, target: list[tf.Tensor], layer: int, seed: tf.Tensor) -> tf.Tensor:
+        return gram_term(gram(features), target[0])
+
+
+class W2(StyleLoss):
+    """The mean [1, C] and the square root of the covariance [1, C, C], from the blended mean and
+    second moment."""
+
+    def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
+        return ((1, channels), (1, channels, channels))
+
+    def statistics(self, features: tf.Tensor, layer: int, seed: tf.Tensor) -> list[tf.Tensor]:
+        return mean_and_gram(wide(features))
+
+    def target(self, blended: list[tf.Tensor]) -> list[tf.Tensor]:
+        return w2_target(*blended)
+
+    def term(self, features: tf.Tensor, target: list[tf.Tensor], layer: int, seed: tf.Tensor) -> tf.Tensor:
+        return w2_term(wide(features), *target)
+
+    def size(self, target: list[tf.Tensor]) -> tf.Tensor:
+        return w2_size(*target)
+
+
+class Sliced(StyleLoss):
+    """The quantiles [C, SLICED_QUANTILES] of the sorted projections on the layer's directions."""
+
+    def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
+        return ((channels, SLICED_QUANTILES),)
+
+    def statistics(self, features: tf.Tensor, layer: int, seed: tf.Tensor) -> list[tf.Tensor]:
+        return sliced_target(wide(features), directions(LAYER_CHANNELS[layer], seed, layer))
+
+    def term(self, features: tf.Tensor, target: list[tf.Tensor], layer: int, seed: tf.Tensor) -> tf.Tensor:
+        return sliced_term(wide(features), directions(LAYER_CHANNELS[layer], seed, layer), target[0])
+
+
+STYLE_LOSS: dict[str, StyleLoss] = {"gram": Gram(), "w2": W2(), "sliced": Sliced()}  # by options.STYLE_LOSSES' names
 
 
 # ---- content and smoothness -------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from nst_model.options import (
     NORMALIZED_SCALES,
     OPTIMIZERS,
     POOLINGS,
-    SLICED_QUANTILES,
     STYLE_BALANCES,
     STYLE_LAYERS,
     STYLE_LOSS_SCALES,
@@ -38,16 +37,7 @@ from nst_model.options import (
 from nst_model.vgg import BGR_MEANS, CHANNELS, VGG19, pools_before
 
 StyleAt = Callable[[tf.Tensor], tf.Tensor]  # style index -> that style's pixels [1, H, W, 3]
-LAYER_CHANNELS = tuple(CHANNELS[layer.split("_")[0]] for layer in STYLE_LAYERS)
-# What each style loss keeps of the styles, per style layer, packed in one vector for the state:
-# gram the Gram matrices; w2 the mean and the square root of the covariance; sliced the quantiles
-# of the sorted projections.
-TARGET_SHAPES = {
-    "gram": [(1, c, c) for c in LAYER_CHANNELS],
-    "w2": [shape for c in LAYER_CHANNELS for shape in ((1, c), (1, c, c))],
-    "sliced": [(c, SLICED_QUANTILES) for c in LAYER_CHANNELS],
-}
-TARGET_LENGTHS = {loss: sum(int(np.prod(s)) for s in shapes) for loss, shapes in TARGET_SHAPES.items()}
+TARGET_LENGTHS = {name: loss.length for name, loss in losses.STYLE_LOSS.items()}  # of `style_targets`
 
 
 class Losses(typing.NamedTuple):
@@ -58,7 +48,7 @@ class Losses(typing.NamedTuple):
 
 
 class Targets(typing.NamedTuple):
-    style: tf.Tensor  # the blend of the styles' statistics, packed as TARGET_SHAPES[style loss]
+    style: tf.Tensor  # the blend of the styles' statistics, packed as the style loss's `shapes`
     content_features: tf.Tensor  # the content's features at the chosen content layer [1, h, w, C]
 
 
@@ -151,23 +141,17 @@ def content_features_shape(content: tf.Tensor, layer: tf.Tensor) -> tf.Tensor:
     return tf.concat([[1], sides, [channels]], 0)
 
 
-def wide(features: tf.Tensor) -> tf.Tensor:
-    """Features of the network's precision as float32, for the losses that compute in it (the
-    Gram matrix takes them as they are: its gradient runs in their precision)."""
-    return tf.cast(features, tf.float32)
-
-
 def pack(parts: list[tf.Tensor]) -> tf.Tensor:
     """Style targets as one vector, for the resumable state."""
     return tf.concat([tf.reshape(p, [-1]) for p in parts], 0)
 
 
-def unpack(vector: tf.Tensor, loss: str) -> list[tf.Tensor]:
+def unpack(vector: tf.Tensor, loss: losses.StyleLoss) -> list[tf.Tensor]:
     """The style targets of `loss` from `pack`'s vector. It is padded, not reshaped, to its length:
     it is called in branches that do not run for other losses (or for an empty vector), and
     Grappler infers the shape of a tensor from a reshape in any branch. The padding depends on the
     fed size, so that Grappler does not fold it into a constant of the targets' size per use."""
-    length, shapes = TARGET_LENGTHS[loss], TARGET_SHAPES[loss]
+    length, shapes = loss.length, loss.shapes
     missing = tf.maximum(length - inputs.runtime_size(vector), 0)
     vector = tf.pad(vector, [[0, missing]])[:length]
     parts = tf.split(vector, [int(np.prod(s)) for s in shapes])
@@ -224,9 +208,9 @@ class StyleTransfer(tf.Module):
             raise ValueError(f"style losses must be among {', '.join(STYLE_LOSSES)}; got {', '.join(style_losses)}")
         self.style_losses = tuple(n for n in STYLE_LOSSES if n in style_losses)  # the graph holds these only
 
-    def by_style_loss(self, index: tf.Tensor, branches: dict[str, Callable[[], tf.Tensor]]) -> tf.Tensor:
-        """The branch of the request's style loss, among those the graph holds (no switch for one)."""
-        held = [branches[n] for n in self.style_losses]
+    def by_style_loss(self, index: tf.Tensor, branch: Callable[[losses.StyleLoss], tf.Tensor]) -> tf.Tensor:
+        """`branch` of the request's style loss, among those the graph holds (no switch for one)."""
+        held = [lambda loss=losses.STYLE_LOSS[n]: branch(loss) for n in self.style_losses]
         return held[0]() if len(held) == 1 else tf.switch_case(index, held)
 
     def target_length(self, index: tf.Tensor) -> int | tf.Tensor:
@@ -252,34 +236,22 @@ class StyleTransfer(tf.Module):
         longest = tf.reduce_max(tf.shape(content)[1:3])
         longest = tf.cast(tf.round(controls.style_scale * tf.cast(longest, tf.float32)), tf.int32)
 
-        def blended(statistics: Callable[[int, tf.Tensor], list[tf.Tensor]], shapes: list[tuple]) -> list[tf.Tensor]:
-            """The blend over styles of `statistics(layer index, features)`, per style layer."""
+        def style_target(loss: losses.StyleLoss) -> tf.Tensor:
+            """The blend over styles of the loss's statistics, per style layer, made its target."""
 
             def add_style(i, sums):
                 style = colors.prepare_style(style_at(i), content, controls.colors)
                 features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
-                parts = [p for k, n in enumerate(STYLE_LAYERS) for p in statistics(k, features[n])]
+                parts = [p for k, n in enumerate(STYLE_LAYERS) for p in loss.statistics(features[n], k, controls.seed)]
                 return i + 1, [total + blend[i] * part for total, part in zip(sums, parts, strict=True)]
 
-            zeros = [tf.zeros(shape) for shape in shapes]
-            return tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), zeros))[1]
+            zeros = [tf.zeros(shape) for shape in loss.shapes]
+            sums = tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), zeros))[1]
+            return pack([p for layer in loss.by_layer(sums) for p in loss.target(layer)])
 
-        def gram() -> tf.Tensor:
-            return pack(blended(lambda _, f: [losses.gram(f)], TARGET_SHAPES["gram"]))
-
-        def w2() -> tf.Tensor:
-            moments = blended(lambda _, f: losses.mean_and_gram(wide(f)), TARGET_SHAPES["w2"])
-            return pack([p for k in range(len(STYLE_LAYERS)) for p in losses.w2_target(*moments[2 * k : 2 * k + 2])])
-
-        def sliced() -> tf.Tensor:
-            def quantiles(k: int, features: tf.Tensor) -> list[tf.Tensor]:
-                return losses.sliced_target(wide(features), losses.directions(LAYER_CHANNELS[k], controls.seed, k))
-
-            return pack(blended(quantiles, TARGET_SHAPES["sliced"]))
-
-        style = self.by_style_loss(controls.style_loss, {"gram": gram, "w2": w2, "sliced": sliced})
+        style = self.by_style_loss(controls.style_loss, style_target)
         features = self.vgg(colors.for_vgg(content, controls.colors), CONTENT_LAYERS, controls.avg_pool)
-        chosen = tf.switch_case(controls.content_layer, [lambda f=features[n]: wide(f) for n in CONTENT_LAYERS])
+        chosen = tf.switch_case(controls.content_layer, [lambda f=features[n]: losses.wide(f) for n in CONTENT_LAYERS])
         return Targets(style, chosen)
 
     def objective(self, image: tf.Tensor, targets: Targets, controls: Controls) -> Losses:
@@ -296,29 +268,20 @@ class StyleTransfer(tf.Module):
             terms = [t * f for t, f in zip(terms, factors, strict=True)]
             return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
 
-        def gram() -> tf.Tensor:
-            parts = unpack(targets.style, "gram")
-            terms = [losses.gram_term(losses.gram(f), t) for f, t in zip(styled, parts, strict=True)]
-            return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
-
-        def w2() -> tf.Tensor:
-            parts = unpack(targets.style, "w2")
-            terms = [losses.w2_term(wide(f), parts[2 * k], parts[2 * k + 1]) for k, f in enumerate(styled)]
-            return weighed(terms, [losses.w2_size(parts[2 * k], parts[2 * k + 1]) for k in range(len(styled))])
-
-        def sliced() -> tf.Tensor:
-            parts = unpack(targets.style, "sliced")
+        def style_loss(loss: losses.StyleLoss) -> tf.Tensor:
+            layers = loss.by_layer(unpack(targets.style, loss))
             terms = [
-                losses.sliced_term(wide(f), losses.directions(LAYER_CHANNELS[k], controls.seed, k), parts[k])
-                for k, f in enumerate(styled)
+                loss.term(f, target, k, controls.seed) for k, (f, target) in enumerate(zip(styled, layers, strict=True))
             ]
-            return weighed(terms, [tf.reduce_mean(tf.square(t)) for t in parts])
+            return weighed(terms, [loss.size(target) for target in layers])
 
-        style = self.by_style_loss(controls.style_loss, {"gram": gram, "w2": w2, "sliced": sliced})
+        style = self.by_style_loss(controls.style_loss, style_loss)
         content = tf.switch_case(
             controls.content_layer,
             [
-                lambda f=features[n]: losses.content_loss(wide(f), targets.content_features, weights["content_weight"])
+                lambda f=features[n]: losses.content_loss(
+                    losses.wide(f), targets.content_features, weights["content_weight"]
+                )
                 for n in CONTENT_LAYERS
             ],
         )

@@ -8,6 +8,7 @@ does both, so it would hide bugs the server shows; this calls the Session's C AP
 from __future__ import annotations
 
 import os
+import pathlib
 import threading
 
 import numpy as np
@@ -16,7 +17,8 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.client import pywrap_tf_session as c_api
 from tensorflow.python.util import deprecation
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default": a request naming none
+WARMUP_FILE = pathlib.Path("assets.extra", "tf_serving_warmup_requests")  # in a version: replayed by the server at load
 
 
 class ServingSession:

@@ -16,8 +16,7 @@ per Servable, with those defaults.
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable
+import inspect
 
 import tensorflow as tf
 
@@ -31,37 +30,10 @@ from nst_model.model import (
     initial_state,
     validate,
 )
-from nst_model.options import BY_NAME, DEFAULTS, MAX_STEPS, MIN_SIDE, PIXELS_OPTIONS, Limits
+from nst_model.options import BY_NAME, MAX_STEPS, MIN_SIDE, OPTIONS, PIXELS_OPTIONS, Limits
+from nst_model.session import DEFAULT_SIGNATURE
 
-SIGNATURES = ("serving_default", "pixels", "decode", "limits")
-
-
-def _spec(dtype: tf.DType | str) -> tf.TensorSpec:
-    return tf.TensorSpec(None, dtype)
-
-
-def _tensors(defaults: dict[str, object]) -> dict[str, tf.Tensor]:
-    """Tensor defaults of the tf.functions become PlaceholderWithDefault in the SignatureDef."""
-    return {name: tf.constant(value, BY_NAME[name].dtype) for name, value in defaults.items()}
-
-
-_D = _tensors(DEFAULTS)  # the functions' written defaults; Servable replaces them with its export's own
-_OPTION_SPECS = [_spec(BY_NAME[name].dtype) for name in PIXELS_OPTIONS]
-_INPUT_SIGNATURES = {
-    "serving_default": [_spec(tf.string), _spec(tf.string), _spec(tf.int32), _spec(tf.int32), *_OPTION_SPECS],
-    "pixels": [
-        _spec(tf.float32),
-        _spec(tf.float32),
-        _spec(tf.int32),
-        _spec(tf.int32),
-        *_OPTION_SPECS,
-        *[_spec(tf.float32)] * 3,
-        _spec(tf.int32),
-        *[_spec(tf.float32)] * 6,
-    ],
-    "decode": [_spec(tf.string), _spec(tf.int32)],
-    "limits": [],
-}
+SIGNATURES = (DEFAULT_SIGNATURE, "pixels", "decode", "limits")
 _NO_IMAGE = tf.zeros([1, 0, 0, 3])
 _NO_PAIRS = tf.zeros([0, 0, 0, 3])
 _NO_STYLE = tf.zeros([0, 0, 0, 3])
@@ -69,11 +41,61 @@ _NO_SIZES = tf.zeros([0, 2], tf.int32)
 _NO_VECTOR = tf.zeros([0])
 _NO_FEATURES = tf.zeros([1, 0, 0, 0])
 _ZERO = tf.constant(0)
+_REQUIRED = inspect.Parameter.empty
+# Each signature's inputs, in order: an option by its name, its dtype and default the table's
+# (nst_model.options, the default lowered to the export's limits), else (name, dtype, default).
+_INPUTS: dict[str, tuple[str | tuple[str, tf.DType, object], ...]] = {
+    DEFAULT_SIGNATURE: (("content", tf.string, _REQUIRED), ("style", tf.string, _REQUIRED), *(o.name for o in OPTIONS)),
+    "pixels": (
+        ("content", tf.float32, _REQUIRED),
+        ("style", tf.float32, _NO_STYLE),
+        ("style_sizes", tf.int32, _NO_SIZES),
+        "steps",
+        *PIXELS_OPTIONS,
+        ("image", tf.float32, _NO_IMAGE),
+        ("adam_m", tf.float32, _NO_IMAGE),
+        ("adam_v", tf.float32, _NO_IMAGE),
+        ("adam_step", tf.int32, _ZERO),
+        ("lbfgs_s", tf.float32, _NO_PAIRS),
+        ("lbfgs_y", tf.float32, _NO_PAIRS),
+        ("lbfgs_grad", tf.float32, _NO_IMAGE),
+        ("lbfgs_losses", tf.float32, _NO_VECTOR),
+        ("style_targets", tf.float32, _NO_VECTOR),
+        ("content_target", tf.float32, _NO_FEATURES),
+    ),
+    "decode": (("image", tf.string, _REQUIRED), "max_dim"),
+    "limits": (),
+}
 
 
-def _options(arguments: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """The option inputs among a signature's arguments (its `locals()`), by name."""
-    return {name: arguments[name] for name in PIXELS_OPTIONS}
+def _signature_function(
+    servable: Servable, name: str, defaults: dict[str, object]
+) -> tf.types.experimental.PolymorphicFunction:
+    """The tf.function of signature `name`: Servable._<name> called with the inputs of _INPUTS[name].
+
+    tf.function names the SignatureDef's inputs after the function's parameters and writes their
+    Python defaults into it (PlaceholderWithDefault: the stock server fills in what a request leaves
+    out), so the parameters are made here, from the table, with the export's own `defaults`. Inputs
+    are declared of any shape (see above)."""
+    parameters, specs = [], []
+    for entry in _INPUTS[name]:
+        if isinstance(entry, str):
+            option = BY_NAME[entry]
+            entry = (entry, option.dtype, tf.constant(defaults[entry], option.dtype))
+        alias, dtype, default = entry
+        parameters.append(inspect.Parameter(alias, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+        specs.append(tf.TensorSpec(None, dtype))
+    signature = inspect.Signature(parameters)
+    body = getattr(servable, f"_{name}")
+
+    def function(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return body(**bound.arguments)
+
+    function.__name__ = name
+    function.__signature__ = signature
+    return tf.function(function, input_signature=specs)
 
 
 def _state(given: State, content: tf.Tensor, start: State) -> State:
@@ -111,10 +133,9 @@ class Servable(tf.Module):
         super().__init__(name="servable")
         self.model = model
         self.bounds = limits or Limits()  # the signature `limits` reports them
-        defaults = _tensors(self.bounds.defaults())
-        for name, specs in _INPUT_SIGNATURES.items():
-            function = _with_defaults(getattr(Servable, f"_{name}"), defaults, name)
-            setattr(self, name, tf.function(types.MethodType(function, self), input_signature=specs))
+        defaults = self.bounds.defaults()
+        for name in SIGNATURES:
+            setattr(self, name, _signature_function(self, name, defaults))
 
     def _decode_image(self, image: tf.Tensor, max_dim: tf.Tensor, name: str) -> tf.Tensor:
         max_side = self.bounds.max_side
@@ -127,35 +148,13 @@ class Servable(tf.Module):
             note = " (lowered at export: nst-export --max-steps; send fewer steps per call, e.g. nst-client --chunk)"
         return inputs.int_in_range(steps, "steps", 0, self.bounds.max_steps, note)
 
-    def _serving_default(
-        self,
-        content,
-        style,
-        steps=_D["steps"],
-        max_dim=_D["max_dim"],
-        style_weight=_D["style_weight"],
-        content_weight=_D["content_weight"],
-        tv_weight=_D["tv_weight"],
-        learning_rate=_D["learning_rate"],
-        optimizer=_D["optimizer"],
-        style_scale=_D["style_scale"],
-        style_weights=_D["style_weights"],
-        style_loss=_D["style_loss"],
-        style_balance=_D["style_balance"],
-        colors=_D["colors"],
-        preserve_colors=_D["preserve_colors"],
-        init=_D["init"],
-        seed=_D["seed"],
-        pooling=_D["pooling"],
-        style_layer_weights=_D["style_layer_weights"],
-        content_layer=_D["content_layer"],
-    ):
+    def _serving_default(self, content, style, **options):
         """Encoded content and style images in; the PNG of the result and its losses out.
 
         `style` is one encoded image or a vector of them, blended by `style_weights`.
         """
-        controls = validate(_options(locals()), self.model.style_losses)
-        steps = self._steps(steps)
+        controls = validate(options, self.model.style_losses)
+        steps, max_dim = self._steps(options["steps"]), options["max_dim"]
         content = inputs.working_size(self._decode_image(content, max_dim, "content"), "content", self.bounds.max_side)
         styles = inputs.encoded_styles(style, "style")
 
@@ -170,35 +169,19 @@ class Servable(tf.Module):
     def _pixels(
         self,
         content,
-        style=_NO_STYLE,
-        style_sizes=_NO_SIZES,
-        steps=_D["steps"],
-        style_weight=_D["style_weight"],
-        content_weight=_D["content_weight"],
-        tv_weight=_D["tv_weight"],
-        learning_rate=_D["learning_rate"],
-        optimizer=_D["optimizer"],
-        style_scale=_D["style_scale"],
-        style_weights=_D["style_weights"],
-        style_loss=_D["style_loss"],
-        style_balance=_D["style_balance"],
-        colors=_D["colors"],
-        preserve_colors=_D["preserve_colors"],
-        init=_D["init"],
-        seed=_D["seed"],
-        pooling=_D["pooling"],
-        style_layer_weights=_D["style_layer_weights"],
-        content_layer=_D["content_layer"],
-        image=_NO_IMAGE,
-        adam_m=_NO_IMAGE,
-        adam_v=_NO_IMAGE,
-        adam_step=_ZERO,
-        lbfgs_s=_NO_PAIRS,
-        lbfgs_y=_NO_PAIRS,
-        lbfgs_grad=_NO_IMAGE,
-        lbfgs_losses=_NO_VECTOR,
-        style_targets=_NO_VECTOR,
-        content_target=_NO_FEATURES,
+        style,
+        style_sizes,
+        image,
+        adam_m,
+        adam_v,
+        adam_step,
+        lbfgs_s,
+        lbfgs_y,
+        lbfgs_grad,
+        lbfgs_losses,
+        style_targets,
+        content_target,
+        **options,
     ):
         """Float pixels in and out, resumable: feed the state outputs back to continue a run.
 
@@ -210,8 +193,8 @@ class Servable(tf.Module):
         preserve_colors (which applies to `image_bytes` only), and each optimiser's own state.
         `evaluations` [steps] says how many gradients each step cost (for the benchmark).
         """
-        controls = validate(_options(locals()), self.model.style_losses)
-        steps = self._steps(steps)
+        controls = validate(options, self.model.style_losses)
+        steps = self._steps(options["steps"])
         content = inputs.working_size(inputs.pixels(content, "content"), "content", self.bounds.max_side)
 
         def styles() -> tuple[StyleAt, tf.Tensor]:
@@ -253,7 +236,7 @@ class Servable(tf.Module):
             "evaluations": evaluations,
         }
 
-    def _decode(self, image, max_dim=_D["max_dim"]):
+    def _decode(self, image, max_dim):
         """The pixels serving_default would optimise for this encoded image and max_dim."""
         return {"pixels": self._decode_image(image, max_dim, "image")}
 
@@ -265,13 +248,3 @@ class Servable(tf.Module):
         """For tf.saved_model.save; passing the tf.functions (not concrete functions) keeps
         their defaults as PlaceholderWithDefault, so the server treats those inputs as optional."""
         return {name: getattr(self, name) for name in SIGNATURES}
-
-
-def _with_defaults(function: Callable, defaults: dict[str, tf.Tensor], name: str) -> Callable:
-    """A copy of `function`, named `name`, whose parameters named in `defaults` default to those
-    values: tf.function writes the Python defaults into the SignatureDef, so an export's own
-    defaults must be those of the function it traces."""
-    code, written = function.__code__, function.__defaults__ or ()
-    names = code.co_varnames[code.co_argcount - len(written) : code.co_argcount]
-    values = tuple(defaults.get(n, d) for n, d in zip(names, written, strict=True))
-    return types.FunctionType(code, function.__globals__, name, values, function.__closure__)

@@ -27,7 +27,7 @@ from nst_model.vgg import sha256
 def test_layout_warmup_and_info(exported, weights_file):
     assert exported.name == "1"
     assert (exported / "saved_model.pb").is_file()
-    requests = exporter.read_warmup(exported / "assets.extra" / exporter.WARMUP_FILE)
+    requests = exporter.read_warmup(exported / exporter.WARMUP_FILE)
     assert {r.model_spec.name for r in requests} == {"nst"}
     assert {r.model_spec.signature_name for r in requests} == {"decode", "pixels", "serving_default"}
     # Every call pattern of the chunk loop once, for each optimiser: the fresh and the resumed pixels
