@@ -286,7 +286,11 @@ class StyleTransfer(tf.Module):
             ],
         )
         tv = losses.tv_loss(image, weights["tv_weight"])
-        return Losses(style + content + tv, style, content, tv)
+        # Summed in float64, exact for terms of these magnitudes, so the total cannot depend on the order
+        # in which the graph's optimiser arranges the additions (it differed between a call that computes
+        # the targets and one that is given them); the gradient passes through the casts unchanged.
+        total = tf.add_n([tf.cast(term, tf.float64) for term in (style, content, tv)])
+        return Losses(tf.cast(total, tf.float32), style, content, tv)
 
     def optimise(
         self, targets: Targets, steps: tf.Tensor, controls: Controls, state: State

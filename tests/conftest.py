@@ -72,9 +72,9 @@ def style_png() -> bytes:
     return png_bytes(make_image(48, 48, seed=2))
 
 
-# Tests that start nst-devserver, need the real weights, export a model of their own or trace the
-# whole model in a fresh process take a minute or more each: `pytest -m "not slow"` leaves them out.
-SLOW_FIXTURES = {"model_base", "devserver", "real_weights", "serving_all_losses"}
+# Fixtures that start a server process, need the real weights or export a model of their own: the tests
+# that use them are slow (`pytest -m "not slow"`, the everyday tier, leaves them out), as are those marked.
+SLOW_FIXTURES = {"model_base", "devserver", "real_weights", "serving_all_losses", "soak_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

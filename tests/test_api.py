@@ -182,6 +182,7 @@ def _cli_before_tensorflow(*args: str) -> tuple[int, str, bool]:
     return int(exit_code), result.stderr, imported == "TF"
 
 
+@pytest.mark.slow  # starts a process
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -198,6 +199,7 @@ def test_cli_refuses_bad_options_before_building_anything(tmp_path, flags, messa
     assert not imported  # refused before TensorFlow (and the model) was loaded
 
 
+@pytest.mark.slow  # starts a process
 def test_cli_output_folder_is_created_or_refused_before_the_run(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")

@@ -540,6 +540,7 @@ def test_option_text_is_sent_as_utf8_or_refused_in_one_line(devserver, capsys, i
     assert (code, err) == (errors.EXIT_BAD_INPUT, "nst-client: error: init must be UTF-8 text; got '\\udcff'\n")
 
 
+@pytest.mark.slow  # starts a process
 def test_commands_do_not_import_tensorflow_before_the_arguments_pass():
     """--help and argument errors come before grpc and TensorFlow's protos, which take seconds to load."""
     code = (
@@ -553,6 +554,7 @@ def test_commands_do_not_import_tensorflow_before_the_arguments_pass():
     assert done.stdout.splitlines()[-1] == "[]", done.stderr
 
 
+@pytest.mark.slow  # starts a process
 def test_start_up_is_quiet():
     """TensorFlow, loaded once the arguments pass, prints nothing: the one line is the error."""
     port = closed_port()
@@ -938,6 +940,7 @@ def test_decompression_bombs_are_refused_in_one_line(devserver, capsys, tmp_path
         images.encode(tiff, "style")
 
 
+@pytest.mark.slow  # starts a process
 def test_the_image_encoder_imports_neither_tensorflow_nor_grpc():
     code = (
         "import sys\nimport numpy as np\nfrom nst_client import images\n"

@@ -318,6 +318,7 @@ def test_start_up_is_quiet(devserver):
     assert [line for line in lines if "loop_optimizer.cc" not in line] == []
 
 
+@pytest.mark.slow  # starts a process
 def test_a_failed_start_is_one_line(tmp_path):
     absent = tmp_path / "absent"  # fails after TensorFlow is imported, when its start-up lines are out
     done = subprocess.run(
@@ -343,6 +344,7 @@ def test_start_up_output_is_hidden_unless_the_start_fails(capfd):
     assert capfd.readouterr().err == "I shown\n"
 
 
+@pytest.mark.slow  # starts a process
 def test_help_does_not_import_tensorflow():
     code = (
         "import sys\nfrom nst_devserver.server import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
