@@ -278,28 +278,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def make_client(args: argparse.Namespace) -> NSTClient | RestClient:
-    timeout = args.timeout or None
+    common = {
+        "model_name": args.model_name,
+        "version": args.model_version,
+        "timeout": args.timeout or None,
+        "retries": args.retries,
+        "wait": args.wait,
+    }
     if args.rest:
         from .rest_client import RestClient
 
-        return RestClient(
-            args.rest,
-            model_name=args.model_name,
-            version=args.model_version,
-            timeout=timeout,
-            retries=args.retries,
-            wait=args.wait,
-        )
+        return RestClient(args.rest, **common)
     from .grpc_client import NSTClient
 
     return NSTClient(
         args.server,
-        model_name=args.model_name,
-        version=args.model_version,
-        timeout=timeout,
+        **common,
         connect_timeout=args.connect_timeout,
-        retries=args.retries,
-        wait=args.wait,
         tls=args.tls,
         ca_file=args.ca_file,
         client_cert=args.client_cert,
