@@ -30,4 +30,4 @@ def test_six_callers_on_two_replicas_all_finish_with_the_lone_runs_bytes(model_b
     result = json.loads(figures.read_text())
     assert result["finished"] == result["equal"] == 6, result["runs_detail"]
     assert result["longest_wait_s"] > 0, "no run waited: the test did not load the replicas"
-    assert "longest wait of a run" in done.stdout
+    assert "wait for a free replica: longest of a run" in done.stdout
