@@ -683,6 +683,24 @@ def test_a_list_over_tls_checks_the_name_its_replicas_share(tmp_path):
             NSTClient(f"127.0.0.1:{first},localhost:{second}", ca_file=cert)
 
 
+def test_busy_refusals_go_round_as_many_replicas_as_the_target_has():
+    from nst_client.grpc_client import replica_count
+
+    def resolve(host, port, type):  # a DNS name with two addresses (one listed twice, as A and AAAA may be)
+        assert (host, port) == ("nst-headless.serving", "8500")
+        return [(0, 0, 0, "", (a, 8500)) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.2")]
+
+    def unknown(host, port, type):
+        raise OSError("Name or service not known")
+
+    assert replica_count("ipv4:127.0.0.1:1,127.0.0.2:1,127.0.0.3:1") == 3
+    assert replica_count("ipv6:[::1]:1") == 1
+    assert replica_count("dns:///nst-headless.serving:8500", resolve) == 2
+    assert replica_count("nst-headless.serving:8500", resolve) == 2
+    assert replica_count("dns:///nowhere:8500", unknown) == 1
+    assert replica_count("unix:/run/nst.sock") == 1
+
+
 def test_server_lists_become_one_target_of_addresses():
     from nst_client.grpc_client import channel_target, list_target, server_list
 
