@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 
 import pytest
 from helpers import make_image, png_bytes, random_weights, write_keras_h5
@@ -17,6 +18,10 @@ from nst_model.session import ServingSession
 from nst_model.vgg import WEIGHTS_ENV
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A test run started in the background of a non-interactive shell inherits SIGINT ignored, as would every
+# process the tests start (an ignored signal stays ignored across exec): the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -416,7 +416,6 @@ def test_deadline_exceeded_then_the_server_answers_the_next_request(client, devs
 
 def test_ctrl_c_cancels_the_call_in_flight():
     arrived, cancelled = threading.Event(), threading.Event()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # what Ctrl-C does in a Python program
 
     class Hanging(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
