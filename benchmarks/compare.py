@@ -5,6 +5,7 @@ An A/B of a change: export each commit (`nst-export`, or `nst_export.exporter.ex
 Session, from the state of a run after `--from-step` steps (its targets carried, as a chunked run
 carries them), once per optimiser; every repeat times each model in turn, so a slow spell of the
 machine hits all of them alike. A step is (t(N steps) - t(0 steps)) / N; the medians are printed.
+With `--mask`, each model and optimiser is also timed with that region mask (the cost of masks).
 
     python benchmarks/compare.py --weights ../shared/weights/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
         --models /tmp/before/1 /tmp/after/1 --size 512 --steps 5 --repeats 5
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timings per model and optimiser (5)")
     parser.add_argument("--from-step", type=int, default=25, help="steps run before those timed (25)")
     parser.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"], choices=("lbfgs", "adam"))
+    parser.add_argument("--mask", type=pathlib.Path, help="also time each with this region mask of the content")
+    parser.add_argument("--mask-styles", default="0,0", help="the mask's styles, of the one style (0,0)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -39,13 +42,18 @@ def main(argv: list[str] | None = None) -> int:
 
     _, content, style = photos(parser, args.weights)
     machine_line()
+    variants = {"": {}}
+    if args.mask:
+        mask_styles = np.array([-1 if s == "-" else int(s) for s in args.mask_styles.split(",")], np.int32)
+        variants["masked "] = {"mask": np.array(args.mask.read_bytes(), object), "mask_styles": mask_styles}
     runs = []  # (label, session, feeds, seconds per step of each repeat)
     for model in args.models:
         session = ServingSession(model)
         for optimizer in args.optimizers:
-            feeds, loss, _ = midrun_feeds(session, content, style, args.size, optimizer, args.from_step)
-            print(f"{model} {optimizer}: loss after {args.from_step} steps {loss:.6e}")
-            runs.append((f"{model} {optimizer}", session, feeds, []))
+            for variant, extra in variants.items():
+                feeds, loss, _ = midrun_feeds(session, content, style, args.size, optimizer, args.from_step, extra)
+                print(f"{model} {variant}{optimizer}: loss after {args.from_step} steps {loss:.6e}")
+                runs.append((f"{model} {variant}{optimizer}", session, feeds, []))
 
     for _ in range(args.repeats):
         for _, session, feeds, seconds in runs:

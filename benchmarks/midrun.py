@@ -32,17 +32,17 @@ def machine_line() -> dict:
 
 
 def midrun_feeds(
-    session, content: bytes, style: bytes, size: int, optimizer: str, from_step: int
+    session, content: bytes, style: bytes, size: int, optimizer: str, from_step: int, extra: dict | None = None
 ) -> tuple[dict[str, np.ndarray], float, tuple[int, int]]:
     """(feeds, loss, (height, width)): a `pixels` call's feeds from the state after `from_step`
     steps (history filled), the targets carried as a chunked run carries them, under the
-    reference's objective as the benchmark runs it; the call for that state is prepared before
-    any clock."""
+    reference's objective as the benchmark runs it, with the `extra` inputs (a mask); the call for
+    that state is prepared before any clock."""
     decoded = {
         name: session.run("decode", {"image": np.array(data, object), "max_dim": np.int32(size)})["pixels"]
         for name, data in (("content", content), ("style", style))
     }
-    feeds = {**decoded, "optimizer": np.array(optimizer.encode(), object)}
+    feeds = {**decoded, **(extra or {}), "optimizer": np.array(optimizer.encode(), object)}
     feeds["style_balance"] = np.array(b"reference", object)
     ran = session.run("pixels", {**feeds, "steps": np.int32(from_step)})
     feeds = {k: v for k, v in feeds.items() if k != "style"}

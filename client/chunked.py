@@ -85,6 +85,7 @@ def run(
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = 0,
     pace: Callable[[int, float], int] | None = None,
+    mask: bytes | None = None,
 ) -> Result:
     """Run the model on encoded images with `options` (arrays typed for the signatures).
 
@@ -95,15 +96,17 @@ def run(
     count the steps of all scales together. `checkpoint` gets the PNG every `checkpoint_every` steps.
     `pace(steps done, loss)`, after each call of the last scale, gives the most steps the next call
     may run, 0 ending the run there (the benchmark runs until a loss, in shorter calls as it nears
-    it). Ctrl-C raises Interrupted with the last finished chunk's PNG.
+    it). Ctrl-C raises Interrupted with the last finished chunk's PNG. `mask`, an encoded region
+    map (see `mask_styles`), goes with every call: each call makes its regions at its content's size.
     """
     steps = int(options.get("steps", defaults.get("steps", 0)))
     optimizer = _text(options.get("optimizer", defaults.get("optimizer", "lbfgs")))
     every = checkpoint_every if checkpoint else 0
     stages = plan(scales, int(options.get("max_dim", defaults.get("max_dim", 0))), steps) if scales else [(0, steps)]
+    masked = {} if mask is None else {"mask": np.array(mask, object)}
     if len(stages) == 1 and (chunk == 0 or steps <= chunk) and not every:
-        images = {"content": np.array(content, object), "style": _styles(styles)}
-        out = call(SERVING_DEFAULT, {**images, **options}, ("image_bytes", *LOSSES))
+        images = {"content": np.array(content, object), "style": _styles(styles), **masked}
+        out = call(SERVING_DEFAULT, {**options, **images}, ("image_bytes", *LOSSES))  # a mask beats a default one
         if progress:
             progress(steps, steps, float(out["loss"]))
         return _result(out)
@@ -139,9 +142,9 @@ def run(
                 # builds an executor per set of inputs and outputs (seconds), and two sets per optimiser are
                 # what the export's warmup requests prepare. The last call's state is a few MB to spare.
                 wanted = ("image_bytes", *LOSSES, *state_names(optimizer), *([] if targets else TARGETS))
-                images = {"content": content_pixels} if targets else {"content": content_pixels, **style_pixels}
+                images = {"content": content_pixels, **masked, **({} if targets else style_pixels)}
                 steps_array = np.array(todo, np.int32)
-                out = call(PIXELS, {**images, **feeds, **state, "steps": steps_array}, wanted)
+                out = call(PIXELS, {**feeds, **images, **state, "steps": steps_array}, wanted)
                 done += todo
                 png = _bytes(out["image_bytes"])
                 if progress:

@@ -24,7 +24,7 @@ import tqdm
 from . import contract, errors
 from .chunked import Interrupted, scales_problem
 from .errors import ClientError, InputError, ServerError
-from .flags import add_scales_flag
+from .flags import add_mask_flags, add_scales_flag
 from .output import Checkpoints, checkpoint_path, prepare_output, save
 from .progress import ProgressBar
 from .quiet import quiet_tensorflow
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, help_text in OPTION_FLAGS.items():
         model.add_argument("--" + name.replace("_", "-"), dest=name, help=f"{help_text} (default: the model's)")
+    add_mask_flags(model)
     model.add_argument(
         "-O",
         "--option",
@@ -216,16 +217,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.command = "stylize"
     else:
         parser.error("expected CONTENT STYLE [STYLE ...], 'status' or 'signatures'")
-    args.options = {name: getattr(args, name) for name in OPTION_FLAGS}
+    args.options = {name: getattr(args, name) for name in (*OPTION_FLAGS, "mask_styles")}
     flags = {action.dest: action.option_strings[-1] for action in parser._actions if action.option_strings}
     for assignment in args.option:
         name, equals, value = assignment.partition("=")
         if not equals or not name:
             parser.error(f"-O takes NAME=VALUE; got {assignment!r}")
-        if name in contract.IMAGES:
-            parser.error(f"-O {name}: the images are the arguments, CONTENT STYLE [STYLE ...]")
         if name in flags:
             parser.error(f"-O {name}: use {flags[name]} (-O sets the model's other inputs)")
+        if name in contract.IMAGES:
+            parser.error(f"-O {name}: the images are the arguments, CONTENT STYLE [STYLE ...]")
         if name in NOT_OPTIONS:
             parser.error(f"-O {name}: not a model input; {NOT_OPTIONS[name]}")
         if name in args.options:
@@ -235,6 +236,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(
             "--tls, --ca-file, --tls-server-name and client certificates are for gRPC; over REST use an https:// URL"
         )
+    if args.mask_styles is not None and args.mask is None:
+        parser.error("--mask-styles needs --mask")
     if args.rest and args.chunk:
         parser.error("--chunk needs gRPC: over REST a run is one call")
     if args.rest and args.save_every:
@@ -317,8 +320,9 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
             announced = True
             print(f"nst-client: every replica is busy; waiting up to {args.wait:g} s for a free one", file=sys.stderr)
 
+    mask = {} if args.mask is None else {"mask": args.mask}
     if args.rest:
-        result = client.run(content, styles, **args.options)
+        result = client.run(content, styles, **mask, **args.options)
     else:
         chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
         one_call = chunk == 0 and not args.save_every and not args.scales
@@ -333,6 +337,7 @@ def stylize(client: NSTClient | RestClient, args: argparse.Namespace) -> None:
                     checkpoint_every=args.save_every,
                     scales=args.scales,
                     on_wait=bar.waiting if not one_call else None if args.quiet else announce_wait,
+                    **mask,
                     **args.options,
                 )
         except Interrupted as e:

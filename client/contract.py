@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tensorflow.core.protobuf import meta_graph_pb2
 
 
-IMAGES = ("content", "style")
+IMAGES = ("content", "style", "mask")
 LIMITS = "limits"  # the signature, without inputs, that reports the limits an export enforces
 
 

@@ -7,6 +7,8 @@ import argparse
 from .chunked import scales_problem
 from .settings import DEFAULT_SCALES
 
+KEEP_PHOTO = -1  # mask_styles' value for a region left as the photo (the model's KEEP_PHOTO)
+
 
 def _scales(text: str) -> tuple[int, ...]:
     """Comma-separated longest sides, checked here for all that does not depend on max_dim."""
@@ -17,6 +19,33 @@ def _scales(text: str) -> tuple[int, ...]:
     if problem := scales_problem(scales, max(scales, default=0)):
         raise argparse.ArgumentTypeError(problem.removeprefix("scales "))
     return scales
+
+
+def _mask_styles(text: str) -> tuple[int, ...]:
+    """Comma-separated style indices, one per mask region; "-" keeps a region as the photo."""
+    try:
+        return tuple(KEEP_PHOTO if part.strip() == "-" else int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated style indices (0, 1, ...; - keeps the photo); got {text!r}"
+        ) from None
+
+
+def add_mask_flags(parser: argparse.ArgumentParser) -> None:
+    """--mask and --mask-styles, one definition for nst-client and nst-stylize."""
+    parser.add_argument(
+        "--mask",
+        metavar="IMAGE",
+        help="region map the size of CONTENT (any aspect-preserving size): each flat colour is a region, painted by "
+        "its own style (PNG; docs/controls.md)",
+    )
+    parser.add_argument(
+        "--mask-styles",
+        type=_mask_styles,
+        metavar="I,I,...",
+        help="with --mask, the style of each region in colour order (darkest grey first; for colours by red, then "
+        "green, then blue), - to keep a region as the photo, e.g. 1,-,0 (default: region i takes style i)",
+    )
 
 
 def add_scales_flag(parser: argparse.ArgumentParser) -> None:

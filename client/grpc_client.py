@@ -161,6 +161,7 @@ class NSTClient:
         checkpoint_every: int = 0,
         scales: Sequence[int] = DEFAULT_SCALES,
         on_wait: Callable[[float], None] | None = None,
+        mask: ImageLike | None = None,
         **options: object,
     ) -> Result:
         """Run the model on a content image and one or more style images (paths, encoded bytes,
@@ -174,6 +175,8 @@ class NSTClient:
         `on_wait(seconds)` hears how long a call has waited for a free replica, before each pause; the
         result's `waited_s` is the run's whole wait. Every call of a run goes to the version that took
         its first call. Ctrl-C raises nst_client.chunked.Interrupted with the last finished image.
+        `mask` (an image whose flat colours are regions) paints each region with the style that the
+        `mask_styles` option gives it (docs/controls.md).
         """
         if chunk < 0:
             raise InputError(f"chunk must be >= 0; got {chunk}")
@@ -205,6 +208,7 @@ class NSTClient:
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             scales=scales,
+            mask=None if mask is None else encode(mask, "mask"),
         )
         return dataclasses.replace(result, model_version=version, waited_s=waiting.total_s)
 

@@ -76,15 +76,23 @@ class RestClient:
         """`content` painted in `style`, as a PIL image; see `run`."""
         return self.run(content, style, **options).image
 
-    def run(self, content: ImageLike, style: ImageLike | Sequence[ImageLike], **options: object) -> Result:
-        """One serving_default call; options as for NSTClient.run, typed from the served signature."""
+    def run(
+        self,
+        content: ImageLike,
+        style: ImageLike | Sequence[ImageLike],
+        mask: ImageLike | None = None,
+        **options: object,
+    ) -> Result:
+        """One serving_default call; `mask` and options as for NSTClient.run, typed from the served signature."""
         if self._signature is None:
             self._signature = self.signatures()[1][contract.SERVING_DEFAULT]
         values = contract.typed_options(options, self._signature)
         # Over REST the stock server fills in no defaults: every input is sent, defaults from the signature.
         defaults = {k: tensors.to_array(v) for k, v in self._signature.defaults.items()}
         styles = [encode(s, "style") for s in contract.as_list(style)]
-        result = chunked.run(self._call, encode(content, "content"), styles, {**defaults, **values}, defaults, chunk=0)
+        mask_bytes = None if mask is None else encode(mask, "mask")
+        content_bytes, options = encode(content, "content"), {**defaults, **values}
+        result = chunked.run(self._call, content_bytes, styles, options, defaults, chunk=0, mask=mask_bytes)
         return dataclasses.replace(result, model_version=self.version)
 
     def _call(self, signature: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, Any]:

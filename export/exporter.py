@@ -22,7 +22,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from nst_client.contract import LIMITS, limits_line, signature_lines
 from nst_model.model import StyleTransfer
-from nst_model.options import DEFAULTS, EXPORTED_STYLE_LOSSES, MIN_SIDE, Limits
+from nst_model.options import DEFAULTS, EXPORTED_STYLE_LOSSES, KEEP_PHOTO, MIN_SIDE, Limits
 from nst_model.runner import Stylizer
 from nst_model.session import WARMUP_FILE, ServingSession
 from nst_model.signatures import SIGNATURES, Servable
@@ -39,12 +39,16 @@ def warmup_requests(model_name: str, servable: Servable) -> list[predict_pb2.Pre
     """The calls tiny runs make (16 px images), recorded from the chunk loop itself: a single
     serving_default call, and for each optimiser a chunked run's decode call, its first pixels call
     and a later one; where the export holds more than one style loss, the same calls again naming
-    each (a request that sends `style_loss` is another set of inputs). The server prepares a
+    each (a request that sends `style_loss` is another set of inputs); and a masked run, one call and
+    chunked (a mask with `mask_styles`, as the command lines send them). The server prepares a
     Session executor for each set of inputs and outputs the first time it meets it (seconds):
     replayed at load, these leave none to prepare later. Calls with the same inputs and outputs as
     one already recorded are left out."""
     pixels = np.random.default_rng(0).random((MIN_SIDE, MIN_SIDE, 3), dtype=np.float32)
     png = tf.io.encode_png(tf.image.convert_image_dtype(pixels, tf.uint8)).numpy()
+    halves = np.zeros((MIN_SIDE, MIN_SIDE, 1), np.uint8)
+    halves[:, MIN_SIDE // 2 :] = 255
+    masked = {"mask": tf.io.encode_png(halves).numpy(), "mask_styles": (0, KEEP_PHOTO)}
     requests = []
     in_process = Stylizer.from_module(servable)
 
@@ -71,6 +75,9 @@ def warmup_requests(model_name: str, servable: Servable) -> list[predict_pb2.Pre
         for optimizer in ("lbfgs", "adam"):
             options = {} if optimizer == DEFAULTS["optimizer"] else {"optimizer": optimizer}
             record.run(png, png, steps=3, max_dim=MIN_SIDE, chunk=1, progress=False, **named, **options)
+    if "gram" in held:
+        for chunk in (0, 1):
+            record.run(png, png, steps=3, max_dim=MIN_SIDE, chunk=chunk, progress=False, **masked)
     return requests
 
 

@@ -12,7 +12,7 @@ import sys
 from typing import TextIO
 
 from nst_client.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
-from nst_client.flags import add_scales_flag
+from nst_client.flags import add_mask_flags, add_scales_flag
 from nst_client.output import checkpoint_path, prepare_output
 from nst_client.settings import DEFAULT_CHUNK
 from nst_model.options import PRECISIONS, add_flags, from_flags, problems
@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("content", help="content image (any format Pillow reads)")
     parser.add_argument("style", nargs="+", help="style image (any format Pillow reads); several are blended")
     parser.add_argument("-o", "--output", default="stylized.png", help="output PNG (default stylized.png)")
-    add_flags(parser)
+    add_flags(parser, exclude=("mask_styles",))
+    add_mask_flags(parser)
     parser.add_argument(
         "--chunk", type=int, default=DEFAULT_CHUNK, help=f"steps per call (default {DEFAULT_CHUNK}); 0: one call"
     )
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     options = from_flags(args)
     for problem in problems(options):
         parser.error(problem)
+    if args.mask_styles is not None and args.mask is None:
+        parser.error("--mask-styles needs --mask")
     if args.chunk < 0 or args.save_every < 0:
         parser.error("--chunk and --save-every must be >= 0")
     from nst_client.chunked import scales_problem
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
         # The images first: a missing or unreadable one is reported before a minute of model building.
         content = images.encode(args.content, "content")
         styles = [images.encode(style, "style") for style in args.style]
+        mask = None if args.mask is None else images.encode(args.mask, "mask")
         if not args.quiet:
             print("setting up: loading the model ...", file=terminal, flush=True)
         with ProgressBar(disable=args.quiet, file=terminal) as bar:
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace, options: dict, output: pathlib.Path, terminal:
                 progress=bar,
                 checkpoint=checkpoints if args.save_every else None,
                 checkpoint_every=args.save_every,
+                mask=mask,
                 **options,
             )
     except (WeightsError, ClientError, OSError) as e:

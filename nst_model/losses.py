@@ -75,6 +75,23 @@ def gram_term(image_gram: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.square(image_gram - target))
 
 
+def guided_gram(features: tf.Tensor, guides: tf.Tensor) -> tf.Tensor:
+    """Gram matrices [S, C, C] of [1, h, w, C] features weighted by each region's guidance
+    [S, h, w, 1] (Gatys et al. 2017): (F g)^T (F g), divided by the region's sum of g^2, its area,
+    rather than h*w, so that a region's statistics compare with a whole style's as a whole image's
+    do, and a small region is not drowned. A guidance of ones gives `gram`."""
+    locations = tf.cast(tf.shape(features)[1] * tf.shape(features)[2], tf.float32)
+    area = tf.reduce_sum(tf.square(guides), [1, 2, 3])
+    return gram(features * tf.cast(guides, features.dtype)) * (locations / tf.maximum(area, 1e-12))[:, None, None]
+
+
+def guided_gram_terms(features: tf.Tensor, guides: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """The Gram term of each region [S] against its own target [S, C, C]; 0 for a region with no
+    area at this layer (too small to survive the pooling), which has nothing to match."""
+    terms = tf.reduce_mean(tf.square(guided_gram(features, guides) - targets), [1, 2])
+    return tf.where(tf.reduce_sum(guides, [1, 2, 3]) > 0, terms, 0.0)
+
+
 # ---- Wasserstein-2 between Gaussians ---------------------------------------------------------------
 
 

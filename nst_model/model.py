@@ -17,13 +17,14 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from nst_model import colors, inputs, lbfgs, losses
+from nst_model import colors, inputs, lbfgs, losses, masks
 from nst_model.adam import adam_step
 from nst_model.options import (
     COLORS,
     CONTENT_LAYERS,
     EXPORTED_STYLE_LOSSES,
     INITS,
+    KEEP_PHOTO,
     NOISE_SCALE,
     NORMALIZED_SCALES,
     OPTIMIZERS,
@@ -47,9 +48,21 @@ class Losses(typing.NamedTuple):
     tv_loss: tf.Tensor
 
 
+class Regions(typing.NamedTuple):
+    """A request's region mask as the objective uses it (nst_model/masks.py); `given` is false
+    without a mask, and then the rest is empty."""
+
+    given: tf.Tensor  # bool
+    styles: tf.Tensor  # [R] the style index of each region, KEEP_PHOTO for none
+    guides: list[tf.Tensor]  # per style layer, [S, h, w, 1] for the S styled regions, in order
+
+
 class Targets(typing.NamedTuple):
-    style: tf.Tensor  # the blend of the styles' statistics, packed as the style loss's `shapes`
+    # Without a mask, the blend of the styles' statistics, packed as the style loss's `shapes`; with
+    # one, each styled region's own style's statistics so packed, one after the other.
+    style: tf.Tensor
     content_features: tf.Tensor  # the content's features at the chosen content layer [1, h, w, C]
+    regions: Regions
 
 
 class Controls(typing.NamedTuple):
@@ -68,6 +81,7 @@ class Controls(typing.NamedTuple):
     init: tf.Tensor  # index into INITS
     seed: tf.Tensor
     optimizer: tf.Tensor  # index into OPTIMIZERS
+    mask_styles: tf.Tensor  # as given: checked against the mask's regions where they are made
 
 
 class State(typing.NamedTuple):
@@ -130,7 +144,14 @@ def validate(options: dict[str, tf.Tensor], style_losses: tuple[str, ...] = EXPO
         init=inputs.choice(options["init"], "init", INITS),
         seed=inputs.scalar(options["seed"], "seed"),
         optimizer=inputs.choice(options["optimizer"], "optimizer", OPTIMIZERS),
+        mask_styles=options["mask_styles"],
     )
+
+
+def balance(size: tf.Tensor, normalized: tf.Tensor) -> tf.Tensor:
+    """A style term's factor: with style_balance=normalized the inverse of its target's `size`,
+    else 1 (and x * 1.0 is x: the reference's rounding)."""
+    return tf.where(normalized, 1.0 / tf.maximum(size, 1e-30), 1.0)
 
 
 def content_features_shape(content: tf.Tensor, layer: tf.Tensor) -> tf.Tensor:
@@ -192,6 +213,40 @@ def initial_state(content: tf.Tensor, first_style: Callable[[], tf.Tensor], cont
     return State(image, zeros, zeros, tf.constant(0), no_pairs, no_pairs, tf.zeros([1, 0, 0, 3]), tf.zeros([0]))
 
 
+def regions(
+    mask: tf.Tensor, content: tf.Tensor, num_styles: tf.Tensor, controls: Controls, style_losses: tuple[str, ...]
+) -> Regions:
+    """The request's region mask, checked against the content, its styles (`num_styles`: 0 where a
+    resumed call sends none) and its options; empty Regions without one. Masks guide the Gram
+    loss: other style losses, and a blend of styles over the whole image, are refused with one."""
+    given = masks.given(mask)
+    gram = style_losses.index("gram") if "gram" in style_losses else -1
+    sent = inputs.runtime_size(controls.mask_styles) > 0
+    given = inputs.require(given, given | tf.logical_not(sent), "mask_styles needs a mask")
+    given = inputs.require(
+        given,
+        tf.logical_not(given) | tf.equal(controls.style_loss, gram),
+        "a mask works with style_loss gram only; got",
+        tf.gather(style_losses, controls.style_loss),
+    )
+    given = inputs.require(
+        given,
+        tf.logical_not(given) | tf.equal(inputs.runtime_size(controls.style_weights), 0),
+        "with a mask each region takes one style (mask_styles): leave style_weights out",
+    )
+
+    def masked() -> tuple[tf.Tensor, list[tf.Tensor]]:
+        one_hot = masks.regions(mask, content)
+        chosen = masks.region_styles(controls.mask_styles, tf.shape(one_hot)[3], num_styles)
+        return chosen, masks.layer_guides(one_hot, chosen)
+
+    def unmasked() -> tuple[tf.Tensor, list[tf.Tensor]]:
+        return tf.zeros([0], tf.int32), [tf.zeros([0, 1, 1, 1]) for _ in STYLE_LAYERS]
+
+    styles, guides = tf.cond(given, masked, unmasked)
+    return Regions(given, styles, guides)
+
+
 class StyleTransfer(tf.Module):
     """Gatys et al. style transfer with the TF2 tutorial's objective, on VGG19 held in variables."""
 
@@ -213,16 +268,24 @@ class StyleTransfer(tf.Module):
         held = [lambda loss=losses.STYLE_LOSS[n]: branch(loss) for n in self.style_losses]
         return held[0]() if len(held) == 1 else tf.switch_case(index, held)
 
-    def target_length(self, index: tf.Tensor) -> int | tf.Tensor:
-        """The length of the packed style targets of the request's style loss."""
+    def target_length(self, index: tf.Tensor, regions: Regions) -> int | tf.Tensor:
+        """The length of the packed style targets of the request's style loss (and regions)."""
         lengths = [TARGET_LENGTHS[n] for n in self.style_losses]
-        return lengths[0] if len(lengths) == 1 else tf.gather(lengths, index)
+        length = lengths[0] if len(lengths) == 1 else tf.gather(lengths, index)
+        styled = tf.reduce_sum(tf.cast(regions.styles != KEEP_PHOTO, tf.int32))
+        return tf.where(regions.given, styled * length, length)
 
     def targets(
-        self, content: tf.Tensor, style_at: StyleAt, num_styles: tf.Tensor, controls: Controls, max_side: int
+        self,
+        content: tf.Tensor,
+        style_at: StyleAt,
+        num_styles: tf.Tensor,
+        controls: Controls,
+        regions: Regions,
+        max_side: int,
     ) -> Targets:
-        """The blend of the styles' statistics for the style loss, and the content's features at the
-        chosen layer.
+        """The blend of the styles' statistics for the style loss (with a mask, each styled region's
+        own style's), and the content's features at the chosen layer.
 
         Each style is first resized to style_scale times the content's longest side, so the scale
         of its brush strokes relative to the content is the user's choice, not the files'; a scaled
@@ -249,10 +312,29 @@ class StyleTransfer(tf.Module):
             sums = tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), zeros))[1]
             return pack([p for layer in loss.by_layer(sums) for p in loss.target(layer)])
 
-        style = self.by_style_loss(controls.style_loss, style_target)
+        def region_targets(loss: losses.StyleLoss) -> tf.Tensor:
+            """Each style's own target, taken by the regions it paints."""
+
+            def add_style(i, done):
+                style = colors.prepare_style(style_at(i), content, controls.colors)
+                features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
+                parts = [p for k, n in enumerate(STYLE_LAYERS) for p in loss.statistics(features[n], k, controls.seed)]
+                return i + 1, done.write(i, pack([p for layer in loss.by_layer(parts) for p in loss.target(layer)]))
+
+            done = tf.TensorArray(tf.float32, size=num_styles, element_shape=[loss.length])
+            each = tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), done))[1].stack()
+            return tf.reshape(tf.gather(each, tf.boolean_mask(regions.styles, regions.styles != KEEP_PHOTO)), [-1])
+
+        def whole_target() -> tf.Tensor:
+            return self.by_style_loss(controls.style_loss, style_target)
+
+        if "gram" in self.style_losses:  # `regions` admits a mask with gram only
+            style = tf.cond(regions.given, lambda: region_targets(losses.STYLE_LOSS["gram"]), whole_target)
+        else:
+            style = whole_target()
         features = self.vgg(colors.for_vgg(content, controls.colors), CONTENT_LAYERS, controls.avg_pool)
         chosen = tf.switch_case(controls.content_layer, [lambda f=features[n]: losses.wide(f) for n in CONTENT_LAYERS])
-        return Targets(style, chosen)
+        return Targets(style, chosen, regions)
 
     def objective(self, image: tf.Tensor, targets: Targets, controls: Controls) -> Losses:
         weights = controls.weights
@@ -264,8 +346,7 @@ class StyleTransfer(tf.Module):
         def weighed(terms: list[tf.Tensor], sizes: list[tf.Tensor]) -> tf.Tensor:
             """The layers' terms summed; with style_balance=normalized each relative to its target's
             size (in the reference balance the factor is 1, and x * 1.0 is x: the reference's rounding)."""
-            factors = [tf.where(controls.normalized, 1.0 / tf.maximum(size, 1e-30), 1.0) for size in sizes]
-            terms = [t * f for t, f in zip(terms, factors, strict=True)]
+            terms = [t * balance(size, controls.normalized) for t, size in zip(terms, sizes, strict=True)]
             return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
 
         def style_loss(loss: losses.StyleLoss) -> tf.Tensor:
@@ -275,7 +356,24 @@ class StyleTransfer(tf.Module):
             ]
             return weighed(terms, [loss.size(target) for target in layers])
 
-        style = self.by_style_loss(controls.style_loss, style_loss)
+        def guided_style_loss() -> tf.Tensor:
+            """Per style layer, each styled region's guided Gram term against its own target, summed."""
+            loss = losses.STYLE_LOSS["gram"]
+            per_region = tf.reshape(targets.style, [-1, loss.length])
+            columns = tf.split(per_region, [int(np.prod(shape)) for shape in loss.shapes], axis=1)
+            terms = []
+            for f, column, guides, shape in zip(styled, columns, targets.regions.guides, loss.shapes, strict=True):
+                target = tf.reshape(column, [-1, *shape[1:]])
+                sizes = tf.reduce_mean(tf.square(target), [1, 2])
+                per_region = losses.guided_gram_terms(f, guides, target) * balance(sizes, controls.normalized)
+                terms.append(tf.reduce_sum(per_region))
+            return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
+
+        def whole_style_loss() -> tf.Tensor:
+            return self.by_style_loss(controls.style_loss, style_loss)
+
+        guided = "gram" in self.style_losses  # `regions` admits a mask with gram only
+        style = tf.cond(targets.regions.given, guided_style_loss, whole_style_loss) if guided else whole_style_loss()
         content = tf.switch_case(
             controls.content_layer,
             [

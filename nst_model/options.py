@@ -55,6 +55,11 @@ MAX_BLOCKS_WALKED = 4096  # GIF blocks, JPEG marker segments read before decodin
 MAX_JPEG_SCAN_PIXELS = 1_000_000_000  # scans x pixels: libjpeg reads the image once per scan; 20 scans at 50 MP
 MAX_STYLES = 8  # style images per request; each costs one VGG pass per call
 STYLE_SCALE_RANGE = (0.1, 8.0)  # and the scaled style's sides must stay within MIN_SIDE..MAX_SIDE
+# Region masks (nst_model/masks.py): a mask's distinct colours are its regions. Each region holds a
+# guided Gram matrix per style layer, and at 512 px a region's features at the first layer are 50 MB.
+MAX_REGIONS = 8
+MASK_ASPECT_TOLERANCE = 0.02  # relative difference of the mask's and the content's height / width
+KEEP_PHOTO = -1  # in mask_styles: the region gets no style term and stays close to the photograph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +113,7 @@ class Option:
     help: str
     length: int | None = 0  # 0: a scalar
     choices: tuple[str, ...] = ()
-    low: float | None = None  # the range the graph accepts (numbers must also be finite)
+    low: float | None = None  # the range the graph accepts (numbers must also be finite); an int vector's, per value
     high: float | None = None
     positive: bool = False  # > low rather than >= low
 
@@ -122,6 +127,10 @@ class Option:
         if self.dtype not in ("int32", "float32"):
             return None
         values = list(value) if self.is_vector else [value]
+        if self.is_vector and self.dtype == "int32":
+            if any(not self.low <= v <= self.high for v in values):
+                return f"{self.name} values must be between {self.low:g} and {self.high:g}; got {_shown(tuple(values))}"
+            return None
         if self.is_vector:
             if any(not math.isfinite(v) or v < 0 for v in values) or (values and sum(values) <= 0):
                 return f"{self.name} must be finite, >= 0 and not all zero; got {_shown(tuple(values))}"
@@ -220,6 +229,16 @@ OPTIONS: tuple[Option, ...] = (
         length=len(STYLE_LAYERS),
     ),
     Option("content_layer", "string", CONTENT_LAYER, "VGG layer the content loss compares", choices=CONTENT_LAYERS),
+    Option(
+        "mask_styles",
+        "int32",
+        (),
+        f"with a mask: the style index that paints each of its regions (regions ordered by colour, darkest "
+        f"first), {KEEP_PHOTO} to keep the region as the photo; none: region i takes style i",
+        length=None,
+        low=KEEP_PHOTO,
+        high=MAX_STYLES - 1,
+    ),
 )
 DEFAULTS: dict[str, int | float | bool | str | tuple[float, ...]] = {o.name: o.default for o in OPTIONS}
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -227,9 +246,12 @@ BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 PIXELS_OPTIONS = tuple(o.name for o in OPTIONS if o.name not in ("steps", "max_dim"))
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One command-line flag per option (--steps, --max-dim, ...), defaults from OPTIONS."""
+def add_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """One command-line flag per option (--steps, --max-dim, ...), defaults from OPTIONS; those in
+    `exclude` have flags of their own."""
     for o in OPTIONS:
+        if o.name in exclude:
+            continue
         flag = "--" + o.name.replace("_", "-")
         if o.dtype == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=o.default, help=o.help)

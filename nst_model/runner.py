@@ -68,12 +68,14 @@ class Stylizer:
         checkpoint: chunked.Checkpoint | None = None,
         checkpoint_every: int = 0,
         pace: Callable[[int, float], int] | None = None,
+        mask: images.ImageLike | None = None,
         **options: object,
     ) -> Result:
         """As `stylize`, returning the PNG bytes and the losses. `progress` may also be a callback
         (steps done, total, loss), counting the steps of every scale; `checkpoint(steps, png)` is
         called every `checkpoint_every` steps; `pace(steps, loss)` after each call of the last
-        scale gives the most steps of the next, 0 ending the run there."""
+        scale gives the most steps of the next, 0 ending the run there. `mask` is an image whose
+        colours are regions, each painted by the style `mask_styles` gives it (docs/controls.md)."""
         unknown = set(options) - set(DEFAULTS)
         if unknown:
             raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
@@ -92,6 +94,7 @@ class Stylizer:
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
                 pace=pace,
+                mask=None if mask is None else images.encode(mask, "mask"),
             )
 
 

@@ -1,6 +1,6 @@
 """The servable signatures: input lists, their defaults, their checks, and the outputs.
 
-- serving_default: encoded images in, PNG and losses out.
+- serving_default: encoded images (and optionally a region mask) in, PNG and losses out.
 - pixels: float32 pixels in and out, plus the resumable state, for chunked runs.
 - decode: encoded image to the exact pixels serving_default would use, for callers of pixels.
 - limits: no inputs; the limits this export enforces (nst-export --max-side, --max-steps).
@@ -22,12 +22,15 @@ import tensorflow as tf
 
 from nst_model import decoders, inputs, lbfgs
 from nst_model.model import (
+    Controls,
+    Regions,
     State,
     StyleAt,
     StyleTransfer,
     Targets,
     content_features_shape,
     initial_state,
+    regions,
     validate,
 )
 from nst_model.options import BY_NAME, MAX_STEPS, MIN_SIDE, OPTIONS, PIXELS_OPTIONS, Limits
@@ -41,15 +44,22 @@ _NO_SIZES = tf.zeros([0, 2], tf.int32)
 _NO_VECTOR = tf.zeros([0])
 _NO_FEATURES = tf.zeros([1, 0, 0, 0])
 _ZERO = tf.constant(0)
+_NO_MASK = tf.constant("")
 _REQUIRED = inspect.Parameter.empty
 # Each signature's inputs, in order: an option by its name, its dtype and default the table's
 # (nst_model.options, the default lowered to the export's limits), else (name, dtype, default).
 _INPUTS: dict[str, tuple[str | tuple[str, tf.DType, object], ...]] = {
-    DEFAULT_SIGNATURE: (("content", tf.string, _REQUIRED), ("style", tf.string, _REQUIRED), *(o.name for o in OPTIONS)),
+    DEFAULT_SIGNATURE: (
+        ("content", tf.string, _REQUIRED),
+        ("style", tf.string, _REQUIRED),
+        ("mask", tf.string, _NO_MASK),
+        *(o.name for o in OPTIONS),
+    ),
     "pixels": (
         ("content", tf.float32, _REQUIRED),
         ("style", tf.float32, _NO_STYLE),
         ("style_sizes", tf.int32, _NO_SIZES),
+        ("mask", tf.string, _NO_MASK),
         "steps",
         *PIXELS_OPTIONS,
         ("image", tf.float32, _NO_IMAGE),
@@ -148,20 +158,30 @@ class Servable(tf.Module):
             note = " (lowered at export: nst-export --max-steps; send fewer steps per call, e.g. nst-client --chunk)"
         return inputs.int_in_range(steps, "steps", 0, self.bounds.max_steps, note)
 
-    def _serving_default(self, content, style, **options):
+    def _regions(
+        self, mask: tf.Tensor, content: tf.Tensor, num_styles: tf.Tensor, controls: Controls
+    ) -> tuple[Regions, tf.Tensor]:
+        """The request's region mask, and the content, usable once the mask has passed its checks."""
+        found = regions(mask, content, num_styles, controls, self.model.style_losses)
+        with tf.control_dependencies([found.styles]):
+            return found, tf.identity(content)
+
+    def _serving_default(self, content, style, mask, **options):
         """Encoded content and style images in; the PNG of the result and its losses out.
 
-        `style` is one encoded image or a vector of them, blended by `style_weights`.
+        `style` is one encoded image or a vector of them, blended by `style_weights`; `mask`, an
+        encoded image whose colours are regions, paints each with its own style (`mask_styles`).
         """
         controls = validate(options, self.model.style_losses)
         steps, max_dim = self._steps(options["steps"]), options["max_dim"]
         content = inputs.working_size(self._decode_image(content, max_dim, "content"), "content", self.bounds.max_side)
         styles = inputs.encoded_styles(style, "style")
+        found, content = self._regions(mask, content, tf.size(styles), controls)
 
         def style_at(i):
             return self._decode_image(styles[i], max_dim, "style")
 
-        targets = self.model.targets(content, style_at, tf.size(styles), controls, self.bounds.max_side)
+        targets = self.model.targets(content, style_at, tf.size(styles), controls, found, self.bounds.max_side)
         start = initial_state(content, lambda: style_at(0), controls)
         png, terms, _, _ = self.model.stylize(content, targets, steps, controls, start)
         return {"image_bytes": png, **terms._asdict()}
@@ -171,6 +191,7 @@ class Servable(tf.Module):
         content,
         style,
         style_sizes,
+        mask,
         image,
         adam_m,
         adam_v,
@@ -187,7 +208,8 @@ class Servable(tf.Module):
 
         `style` is a batch [styles, H, W, 3]: style i fills the top-left `style_sizes[i]` (height,
         width) of it, the rest being padding; empty sizes (the default) mean every style fills the
-        batch. Empty state inputs (the defaults) start a run from the `init` image. The outputs
+        batch. `mask` is encoded, as in serving_default, and sent with every call of a masked run.
+        Empty state inputs (the defaults) start a run from the `init` image. The outputs
         `style_targets` and `content_target`, fed back, spare the next call the targets (and the
         styles); the state outputs (see model.State) are the raw optimised image, before any
         preserve_colors (which applies to `image_bytes` only), and each optimiser's own state.
@@ -196,6 +218,8 @@ class Servable(tf.Module):
         controls = validate(options, self.model.style_losses)
         steps = self._steps(options["steps"])
         content = inputs.working_size(inputs.pixels(content, "content"), "content", self.bounds.max_side)
+        sent_styles = tf.concat([inputs.runtime_shape(style), [0]], 0)[0]  # 0 for none (a resumed call)
+        found, content = self._regions(mask, content, sent_styles, controls)
 
         def styles() -> tuple[StyleAt, tf.Tensor]:
             """The style images by index, and their count; checked only where they are used."""
@@ -207,7 +231,7 @@ class Servable(tf.Module):
             return crop, tf.shape(batch)[0]
 
         known_style = inputs.optional_vector(
-            style_targets, self.model.target_length(controls.style_loss), "style_targets"
+            style_targets, self.model.target_length(controls.style_loss, found), "style_targets"
         )
         features = inputs.optional_features(
             content_target, content_features_shape(content, controls.content_layer), "content_target"
@@ -220,8 +244,8 @@ class Servable(tf.Module):
         )
         targets = tf.cond(
             given,
-            lambda: Targets(known_style, features),
-            lambda: self.model.targets(content, *styles(), controls, self.bounds.max_side),
+            lambda: Targets(known_style, features, found),
+            lambda: self.model.targets(content, *styles(), controls, found, self.bounds.max_side),
         )
         start = initial_state(content, lambda: styles()[0](0), controls)
         given_state = State(image, adam_m, adam_v, adam_step, lbfgs_s, lbfgs_y, lbfgs_grad, lbfgs_losses)

@@ -164,7 +164,7 @@ BASE = {"steps": 4, "max_dim": 40}
 
 def feed(name: str, value: object) -> np.ndarray:
     """A value as a client sends it for the input `name`."""
-    if name in ("content", "style"):
+    if name in ("content", "style", "mask"):
         return np.array(value, object)
     if name in BY_NAME:
         dtype = BY_NAME[name].dtype
