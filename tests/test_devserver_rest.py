@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import http.client
 import json
+import pathlib
 import re
 import resource
 import socket
@@ -571,3 +572,18 @@ def test_a_flood_of_rest_connections_and_bodies_leaves_grpc_and_status_answering
         assert (proc_status(pid, "VmHWM") - in_use) * 1024 < 4 * rest.MAX_BODY_BYTES
         assert grpc_answers(address)
         assert server["process"].poll() is None
+
+
+def test_the_docs_give_the_rest_limits():
+    """docs/serving.md's table of REST limits states each as devserver/rest.py defines it."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    section = text.split("## REST limits of the development server\n")[1].split("\n## ")[0]
+    for shown in (
+        f"{rest.MAX_BODY_BYTES // 2**20} MiB (`MAX_BODY_BYTES`)",
+        f"{rest.MAX_JSON_VALUES} (`MAX_JSON_VALUES`)",
+        f"{rest.MAX_JSON_DEPTH} levels (`MAX_JSON_DEPTH`)",
+        f"{rest.IDLE_TIMEOUT_S:g} s (`IDLE_TIMEOUT_S`)",
+        f"{rest.REQUEST_TIMEOUT_S:g} s (`REQUEST_TIMEOUT_S`)",
+        f"{rest.SPARE_CONNECTIONS} (`SPARE_CONNECTIONS`)",
+    ):
+        assert shown in section
