@@ -11,6 +11,12 @@ ignored. Row `instances` add a batch dimension, which this model's scalar inputs
 Predict calls take a turn in the same RunSlots as gRPC (RESOURCE_EXHAUSTED: HTTP 429 when
 full), and `timeout_ms` plays `--rest_api_timeout_in_ms`: it bounds the Session run, and here
 the time queued for a slot too. Not served: classify and regress (501), Prometheus metrics.
+
+Unlike the stock server, it bounds what one client may send or hold: the body's size (checked
+before it is read), the values and nesting of its JSON, the connections and their threads, idle
+and slow clients (MAX_BODY_BYTES and the limits after it; docs/serving.md compares them with the
+stock server's). Status and metadata calls never wait for a run slot, and the body of a Predict is
+read and parsed only once the call holds one.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import base64
 import binascii
 import contextlib
 import http.server
+import io
 import json
 import math
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -85,6 +93,17 @@ _INT_RANGES = {  # dtype -> the JSON integers it takes (rapidjson IsInt, IsInt64
 _FLOAT_FIELDS = {types_pb2.DT_FLOAT: ("float_val", np.float32, 9), types_pb2.DT_DOUBLE: ("double_val", np.float64, 17)}
 _DEBUG_LIMIT = 256  # json_tensor.cc kMaxJsonDebugStringBytes: longer values are cut in messages
 
+# What one client may ask of the REST port (the stock server sets none of these: docs/serving.md, "REST limits").
+MAX_BODY_BYTES = 64 * 2**20  # a request body: two 24 MB images in base64; larger images go over gRPC (2 GiB)
+MAX_JSON_VALUES = 2**22  # values in a request document (each costs tens of bytes once parsed)
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects (a tensor of rank 60 inside "instances" still fits)
+IDLE_TIMEOUT_S = 30.0  # a connection waiting for its next request is closed after this
+REQUEST_TIMEOUT_S = 60.0  # a request's line, headers and body must arrive within this; each response is sent within it
+SPARE_CONNECTIONS = 16  # connections beyond the run slots and the queue: status calls and requests being read
+_PIECE_BYTES = 2**20  # bodies are read in pieces of at most this
+_CHUNK_LINE_BYTES = 1024  # a chunk's size line (hex digits and extensions) is at most this long
+_INT_LIMITS = (-(2**63), 2**64 - 1)  # JSON integers kept as integers (rapidjson Int64, Uint64); others are doubles
+
 
 # ---- JSON in --------------------------------------------------------------------------------------
 
@@ -135,17 +154,64 @@ def _pretty(value: object, level: int) -> Iterator[str]:
         yield json.dumps(value, ensure_ascii=False)
 
 
+def _number(text: str) -> int | float:
+    """A JSON number as rapidjson reads it: an integer while it fits 64 bits, else a double, and
+    refused when no double holds it (never a 5000-digit Python int, nor an infinity)."""
+    if "." not in text and "e" not in text and "E" not in text and len(text) <= 21:
+        value = int(text)
+        if _INT_LIMITS[0] <= value <= _INT_LIMITS[1]:
+            return value
+    value = float(text)
+    if math.isinf(value):
+        raise _invalid("JSON Parse error: Number too big to be stored in double.")
+    return value
+
+
+def _first_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose repeated keys keep their first value, as rapidjson's FindMember finds it."""
+    members: dict[str, Any] = {}
+    for key, value in pairs:
+        members.setdefault(key, value)
+    return members
+
+
+def _too_deep(doc: object) -> bool:
+    """Whether arrays and objects nest deeper than MAX_JSON_DEPTH (checked without recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.values() if isinstance(value, dict) else value
+        if depth > MAX_JSON_DEPTH:
+            return True
+        stack.extend((item, depth + 1) for item in items if isinstance(item, list | dict))
+    return False
+
+
+_DECODER = json.JSONDecoder(parse_int=_number, parse_float=_number, object_pairs_hook=_first_keys)
+
+
 def _parse_json(body: bytes) -> Any:
     """The request document, read as the server reads it: NaN and Infinity allowed, anything after
-    the first complete value ignored, and a top-level object required."""
+    the first complete value ignored, and a top-level object required; within the dev server's
+    bounds on values and nesting, so that no document costs more than a few times its size."""
+    values = body.count(b",") + body.count(b"[") + body.count(b"{") + 1  # at least as many as it holds
+    if values > MAX_JSON_VALUES:
+        raise _invalid(
+            f"JSON Parse error: more than {MAX_JSON_VALUES} values (nst-devserver's limit); send images as b64"
+        )
     text = body.decode("utf-8", errors="replace")
     start = len(text) - len(text.lstrip())
     if start == len(text):
         raise _invalid("JSON Parse error: The document is empty")
+    depth_error = _invalid(f"JSON Parse error: arrays and objects nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        doc, _ = json.JSONDecoder().raw_decode(text, start)
+        doc, _ = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as e:
         raise _invalid(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
+    except RecursionError:
+        raise depth_error from None
+    if _too_deep(doc):
+        raise depth_error
     if not isinstance(doc, dict):
         raise _invalid(f"JSON Value: {_debug(doc)} Is not object")
     return doc
@@ -423,9 +489,11 @@ class _RestCall:
         return False
 
     def is_active(self) -> bool:
+        """False once the client has closed its end (poll, unlike select, takes any descriptor number)."""
         try:
-            readable, _, _ = select.select([self._connection], [], [], 0)
-            return not readable or self._connection.recv(1, socket.MSG_PEEK) != b""
+            poller = select.poll()
+            poller.register(self._connection, select.POLLIN)
+            return not poller.poll(0) or self._connection.recv(1, socket.MSG_PEEK) != b""
         except OSError:
             return False
 
@@ -443,8 +511,9 @@ class RestApi:
         self.slots = slots
         self.timeout_ms = timeout_ms
 
-    def process(self, method: str, path: str, body: bytes, connection: socket.socket) -> str:
-        """One request (HttpRestApiHandler::ProcessRequest): the path's model, version or label and verb."""
+    def process(self, method: str, path: str, read_body: Callable[[], bytes], connection: socket.socket) -> str:
+        """One request (HttpRestApiHandler::ProcessRequest): the path's model, version or label and verb.
+        Only Predict reads the body (`read_body`), once it holds a run slot."""
         pattern = _PREDICT_PATH if method == "POST" else _STATUS_PATH if method == "GET" else None
         match = pattern.fullmatch(path) if pattern else None
         if match is None:
@@ -462,7 +531,7 @@ class RestApi:
                 raise _invalid("Missing model name in request.")
             return self._metadata(spec) if verb == "metadata" else self._status(spec)
         if verb == "predict":
-            return self._predict(spec, body, connection)
+            return self._predict(spec, read_body, connection)
         if verb in ("classify", "regress"):
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"nst-devserver does not implement {verb}")
         raise _invalid(f"Malformed request: {method} {path}")
@@ -487,8 +556,17 @@ class RestApi:
             + _proto_json(signatures, field_names=True) + "}\n}\n"
         )  # fmt: skip
 
-    def _predict(self, spec: model_pb2.ModelSpec, body: bytes, connection: socket.socket) -> str:
-        doc = _parse_json(body)
+    def _predict(self, spec: model_pb2.ModelSpec, read_body: Callable[[], bytes], connection: socket.socket) -> str:
+        """The body is read and parsed inside a run slot, so only as many documents as run at once are in
+        memory; a call refused as busy has sent nothing more than its headers."""
+        call = _RestCall(connection, self.timeout_ms)
+        with self.slots.hold(call):
+            request, rows = self._predict_request(spec, _parse_json(read_body()))
+            response = self.model.predict(request, call.run_timeout_ms())
+        return _outputs_json(response.outputs, rows)
+
+    def _predict_request(self, spec: model_pb2.ModelSpec, doc: dict) -> tuple[predict_pb2.PredictRequest, bool]:
+        """The PredictRequest a document asks for, and whether it is in the row form."""
         if "signature_name" in doc:
             if not isinstance(doc["signature_name"], str):
                 raise _invalid(
@@ -521,20 +599,82 @@ class RestApi:
         request = predict_pb2.PredictRequest(model_spec=spec)
         for name, proto in tensors.items():
             request.inputs[name].CopyFrom(proto)
-        call = _RestCall(connection, self.timeout_ms)
-        with self.slots.hold(call):
-            response = self.model.predict(request, call.run_timeout_ms())
-        return _outputs_json(response.outputs, rows)
+        return request, rows
 
 
 # ---- HTTP -----------------------------------------------------------------------------------------
 
 
+class _HttpError(Exception):
+    """A request refused for its framing (status 400, 408 or 413); the connection is closed after the answer."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Connection(io.RawIOBase):
+    """A connection's socket as a file that never waits past its deadline: reads stop at `deadline`
+    (set per request), and each write is given REQUEST_TIMEOUT_S at most."""
+
+    def __init__(self, sock: socket.socket, send_timeout_s: float):
+        self._sock = sock
+        self._send_timeout_s = send_timeout_s
+        self.deadline = time.monotonic()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the client took too long to send")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+    def write(self, data: Any) -> int:
+        self._sock.settimeout(self._send_timeout_s)
+        self._sock.sendall(data)
+        return len(data)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive, as the stock server's libevent front end."""
+    """HTTP/1.1 with keep-alive, as the stock server's libevent front end, with its limits: a body's size
+    is checked before it is read, and idle and slow clients are timed out."""
 
     protocol_version = "HTTP/1.1"
     server: _RestServer
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self._io = _Connection(self.connection, self.server.request_timeout_s)
+        self.rfile = io.BufferedReader(self._io, 2**16)
+        self.wfile = self._io
+
+    def handle_one_request(self) -> None:
+        """Wait for the next request at most IDLE_TIMEOUT_S (evictable meanwhile), then read it within
+        REQUEST_TIMEOUT_S."""
+        self._io.deadline = time.monotonic() + self.server.idle_timeout_s
+        self.server.set_idle(self.connection, True)
+        try:
+            started = self.rfile.peek(1)
+        except OSError:  # timed out, evicted or reset
+            started = b""
+        finally:
+            self.server.set_idle(self.connection, False)
+        if not started:
+            self.close_connection = True
+            return
+        self._io.deadline = time.monotonic() + self.server.request_timeout_s
+        super().handle_one_request()
+
+    def handle_expect_100(self) -> bool:
+        """Send "100 Continue" only when the body is wanted (_read_body), not for every request."""
+        return True
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -559,7 +699,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         path = urllib.parse.urlsplit(self.path).path
-        body = self._body()
+        try:
+            self._body_left = self._framing()
+        except _HttpError as e:
+            self._body_left = True
+            self._send(e.code, json.dumps({"error": e.message}, indent=4).encode(), "application/json")
+            return
         if not _HANDLED.fullmatch(path):
             self._send(404, b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
                        b"</BODY></HTML>\n", "text/html")  # fmt: skip
@@ -572,55 +717,217 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     )
                 text = ""
             else:
-                text = self.server.api.process(method, path, body, self.connection)
+                text = self.server.api.process(method, path, self._read_body, self.connection)
             code = 200
         except ServingError as e:
             code, text = HTTP_STATUS.get(e.code, 500), json.dumps({"error": e.message}, indent=4, ensure_ascii=False)
+        except _HttpError as e:
+            code, text = e.code, json.dumps({"error": e.message}, indent=4)
+        except TimeoutError:
+            code, text = 408, json.dumps({"error": f"the body did not arrive within {self._timeout()}"}, indent=4)
+        except ConnectionError:  # the client left mid-body: nobody to answer
+            self.close_connection = True
+            return
         except Exception as e:  # a bug here must still answer, as INTERNAL
             code, text = 500, json.dumps({"error": f"nst-devserver: {type(e).__name__}: {e}"}, indent=4)
         self._send(code, text.encode(), "application/json")
 
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                pass
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def _timeout(self) -> str:
+        return f"{self.server.request_timeout_s:g} s (nst-devserver's limit)"
+
+    def _framing(self) -> int | bool:
+        """The body's length from the headers, or True for a chunked one; refused before anything is read
+        when it is malformed (400) or over MAX_BODY_BYTES (413)."""
+        if self.headers.get("Transfer-Encoding", "").strip().lower() == "chunked":
+            return True
+        text = self.headers.get("Content-Length")
+        if text is None:
+            return 0
+        if not re.fullmatch(r"\s*[0-9]{1,20}\s*", text):
+            raise _HttpError(400, f"Content-Length must be a non-negative integer; got {text[:40]!r}")
+        length = int(text)
+        if length > MAX_BODY_BYTES:
+            raise self._too_large(f"{length} bytes")
+        return length
+
+    def _too_large(self, size: str) -> _HttpError:
+        return _HttpError(
+            413,
+            f"the request body ({size}) is over nst-devserver's limit of {MAX_BODY_BYTES} bytes: "
+            "send large images over gRPC",
+        )
+
+    def _read_body(self) -> bytes:
+        """The body, read in pieces within the request's deadline; chunked bodies checked chunk by chunk."""
+        if self.headers.get("Expect", "").lower() == "100-continue" and self._body_left:
+            self.send_response_only(100)
+            self.end_headers()
+        body = self._read_chunked() if self._body_left is True else self._read_exact(self._body_left)
+        self._body_left = False
+        return body
+
+    def _read_chunked(self) -> bytes:
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(_CHUNK_LINE_BYTES)
+            match = re.fullmatch(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n", line)
+            if not match:
+                if not line.endswith(b"\n") and len(line) < _CHUNK_LINE_BYTES:
+                    raise ConnectionAbortedError("the client closed the connection mid-body")
+                raise _HttpError(400, f"bad chunk size line: {line[:40]!r}")
+            size = int(match[1], 16)
+            if size == 0:
+                break
+            if len(body) + size > MAX_BODY_BYTES:
+                raise self._too_large(f"over {len(body) + size} bytes, chunked")
+            body += self._read_exact(size)
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise _HttpError(400, "a chunk is longer than its size line says")
+        for _ in range(100):  # trailer lines, ignored
+            if self.rfile.readline(2**16) in (b"\r\n", b"\n", b""):
+                break
+        return bytes(body)
+
+    def _read_exact(self, size: int) -> bytes:
+        body = bytearray()
+        while len(body) < size:
+            piece = self.rfile.read1(min(_PIECE_BYTES, size - len(body)))
+            if not piece:
+                raise ConnectionAbortedError("the client closed the connection mid-body")
+            body += piece
+        return bytes(body)
 
     def _send(self, code: int, data: bytes, content_type: str) -> None:
+        """The answer; a body left unread (refused, or not needed) closes the connection after it."""
+        if self._body_left:
+            self.close_connection = True
         try:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client left (Ctrl-C, its own timeout): nobody to tell
+        except OSError:  # the client left (Ctrl-C, its own timeout) or stopped reading: nobody to tell
             self.close_connection = True
 
 
 class _RestServer(http.server.ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` of them: when all are taken, the connection
+    that has waited longest for its next request is closed to make room, and with none waiting a new
+    connection gets 503 at once. So idle clients cannot starve status calls, and the REST port never
+    takes threads that gRPC needs."""
+
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # the listen backlog: a burst of connections is accepted, then admitted or refused
 
-    def __init__(self, address: tuple[str, int], api: RestApi, family: socket.AddressFamily):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        api: RestApi,
+        family: socket.AddressFamily,
+        *,
+        max_connections: int,
+        idle_timeout_s: float,
+        request_timeout_s: float,
+    ):
         self.address_family = family
         self.api = api
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self._free = threading.BoundedSemaphore(max_connections)
+        self._idle: dict[socket.socket, float] = {}  # connection -> since when it waits for a request
+        self._idle_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def set_idle(self, connection: socket.socket, idle: bool) -> None:
+        with self._idle_lock:
+            if idle:
+                self._idle[connection] = time.monotonic()
+            else:
+                self._idle.pop(connection, None)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._admit():
+            self._refuse(request)
+            return
+        self.set_idle(request, True)  # until it sends a request, a new connection may make room for others
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread to be had
+            self.set_idle(request, False)
+            self._free.release()
+            self._refuse(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.set_idle(request, False)
+            self._free.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its connection is no error of the server's: no traceback for it."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def _admit(self) -> bool:
+        """A connection thread for a new connection, made free by closing the longest idle one if need be."""
+        if self._free.acquire(blocking=False):
+            return True
+        with self._idle_lock:
+            oldest = min(self._idle, key=self._idle.__getitem__, default=None)
+        if oldest is None:
+            return False
+        with contextlib.suppress(OSError):
+            oldest.shutdown(socket.SHUT_RDWR)  # its thread sees the end of the stream and exits
+        return self._free.acquire(timeout=1.0)
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 without a thread, never waiting on the client."""
+        data = json.dumps(
+            {"error": f"nst-devserver: all {self.max_connections} REST connections are busy; retry later"}
+        ).encode()
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                request.recv(2**16)  # what the client sent already: closing over unread data would reset
+            request.send(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+                + data
+            )
+        self.shutdown_request(request)
 
 
 def serve_rest(
-    model: Model, host: str, port: int, slots: RunSlots, *, timeout_ms: int = REST_TIMEOUT_MS
+    model: Model,
+    host: str,
+    port: int,
+    slots: RunSlots,
+    *,
+    timeout_ms: int = REST_TIMEOUT_MS,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> tuple[http.server.ThreadingHTTPServer, int]:
     """Serve `model`'s REST API on host:port (0: any free port) in a background thread, Predict calls
     sharing `slots` with gRPC; returns the server and its port. Stop it with server.shutdown()
-    and server.server_close()."""
+    and server.server_close().
+
+    Connections are bounded like gRPC's threads: the run slots and the queue, plus SPARE_CONNECTIONS."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        server = _RestServer((host, port), RestApi(model, slots, timeout_ms), family)
+        server = _RestServer(
+            (host, port),
+            RestApi(model, slots, timeout_ms),
+            family,
+            max_connections=slots.max_running + slots.max_waiting + SPARE_CONNECTIONS,
+            idle_timeout_s=idle_timeout_s,
+            request_timeout_s=request_timeout_s,
+        )
     except OSError as e:
         raise OSError(f"cannot listen on {host}:{port} for REST: {e.strerror or e}") from None
     threading.Thread(target=server.serve_forever, name="nst-devserver-rest", daemon=True).start()

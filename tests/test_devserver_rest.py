@@ -8,16 +8,25 @@ http_rest_api_util.cc, http_server.cc, util/json_tensor.cc).
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import http.client
 import json
+import pathlib
+import re
+import resource
+import socket
 import threading
+import time
 
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import serving_default, wait_for
-from tensorflow_serving.apis import get_model_status_pb2
+from serving_fixtures import running_devserver
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2, model_service_pb2_grpc
 
 from nst_client import RestClient, tensors
 from nst_devserver import rest
@@ -325,3 +334,256 @@ def test_http_status_of_every_code_is_the_servers():
     assert set(rest.HTTP_STATUS) == set(grpc.StatusCode)
     assert rest.HTTP_STATUS[grpc.StatusCode.RESOURCE_EXHAUSTED] == 429
     assert rest.HTTP_STATUS[grpc.StatusCode.FAILED_PRECONDITION] == 400
+
+
+# ---- hostile clients -----------------------------------------------------------------------------
+
+
+def connection(port: int, data: bytes = b"") -> socket.socket:
+    """A raw client connection that has sent `data`; every read on it fails after 10 s."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(data)
+    return client
+
+
+def until_closed(client: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a test fails if it never does)."""
+    received = b""
+    with client:
+        while piece := client.recv(2**16):
+            received += piece
+    return received
+
+
+def refusal(port: int, request: bytes) -> tuple[int, dict]:
+    """(status, JSON error) of a request the server must answer and then close the connection on."""
+    received = until_closed(connection(port, request))
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head, received[:300]
+    return int(head.split()[1]), json.loads(body)
+
+
+def post(path: str, headers: str = "", body: bytes = b"") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n".encode() + body
+
+
+def predict_status(port: int, body: bytes) -> tuple[int, str]:
+    code, _, answer = call(port, "POST", "/v1/models/nst:predict", body)
+    return code, answer["error"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(port):
+    """413 from the headers alone: a Content-Length of 10^12, one over the limit behind `Expect: 100-continue`
+    (no "100 Continue" is sent first), and a chunk declaring more than the limit."""
+    start = time.monotonic()
+    code, answer = refusal(port, post("/v1/models/nst:predict", "Content-Length: 1000000000000\r\n"))
+    assert code == 413 and f"limit of {rest.MAX_BODY_BYTES} bytes" in answer["error"]
+    expect = f"Content-Length: {rest.MAX_BODY_BYTES + 1}\r\nExpect: 100-continue\r\n"
+    received = until_closed(connection(port, post("/v1/models/nst:predict", expect)))
+    assert received.startswith(b"HTTP/1.1 413 ")
+    chunked = post(
+        "/v1/models/nst:predict", "Transfer-Encoding: chunked\r\n", f"{rest.MAX_BODY_BYTES + 1:x}\r\n".encode()
+    )
+    assert refusal(port, chunked)[0] == 413
+    assert time.monotonic() - start < 10  # nothing waited for a body
+    assert call(port, "GET", "/v1/models/nst")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ("Content-Length: -5\r\n", b""),
+        ("Content-Length: abc\r\n", b""),
+        ("Content-Length: 1e3\r\n", b""),
+        ("Transfer-Encoding: chunked\r\n", b"zz\r\n"),
+        ("Transfer-Encoding: chunked\r\n", b"-5\r\nhello\r\n0\r\n\r\n"),
+        ("Transfer-Encoding: chunked\r\n", b"0x2\r\n{}\r\n0\r\n\r\n"),
+        ("Transfer-Encoding: chunked\r\n", b"2\r\n{}xx\r\n0\r\n\r\n"),
+    ],
+)
+def test_broken_framing_is_a_400_and_the_connection_closes(port, headers, body):
+    code, answer = refusal(port, post("/v1/models/nst:predict", headers, body))
+    assert code == 400, answer
+    assert call(port, "GET", "/v1/models/nst")[0] == 200
+
+
+def test_a_chunked_body_is_read(port):
+    """Chunked framing that is right still works (the body is split mid-document)."""
+    body = b'{"inputs": {}, "signature_name": "nope"}'
+    chunks = b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in (body[:7], body[7:])) + b"0\r\n\r\n"
+    client = connection(port, post("/v1/models/nst:predict", "Transfer-Encoding: chunked\r\n", chunks))
+    with client:
+        response = http.client.HTTPResponse(client)
+        response.begin()
+        assert (response.status, json.loads(response.read())) == (
+            400,
+            {"error": 'Serving signature name: "nope" not found in signature def'},
+        )
+
+
+def test_idle_and_slow_clients_are_timed_out(model, slots):
+    """A silent connection is closed after the idle timeout; a request whose headers or body stop
+    coming is dropped (headers) or answered 408 (body) after the request timeout, `Expect:
+    100-continue` with no body included."""
+    with rest.rest_server(model, "127.0.0.1", 0, slots, idle_timeout_s=0.3, request_timeout_s=0.6) as port:
+        start = time.monotonic()
+        assert until_closed(connection(port)) == b""
+        assert until_closed(connection(port, b"GET /v1/models/nst HTTP/1.1\r\nHost: te")) == b""
+        code, answer = refusal(port, post("/v1/models/nst:predict", "Content-Length: 100\r\n", b'{"inputs"'))
+        assert code == 408 and "did not arrive within 0.6 s" in answer["error"]
+        received = until_closed(
+            connection(port, post("/v1/models/nst:predict", "Content-Length: 100\r\nExpect: 100-continue\r\n"))
+        )
+        assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 408 ")
+        assert time.monotonic() - start < 8
+        assert call(port, "GET", "/v1/models/nst")[0] == 200
+
+
+def test_idle_connections_never_starve_status_calls(port, slots):
+    """Three times as many silent connections as the port has threads: the longest idle ones are
+    closed to make room, so a status call still answers at once, and no more threads are started."""
+    limit = slots.max_running + slots.max_waiting + rest.SPARE_CONNECTIONS
+    threads = threading.active_count()
+    clients = [connection(port) for _ in range(3 * limit)]
+    try:
+        code, _, _ = call(port, "GET", "/v1/models/nst")
+        assert code == 200
+        assert threading.active_count() <= threads + limit
+        assert until_closed(clients[0]) == b""  # the oldest were closed
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_with_every_connection_busy_a_new_one_gets_503_at_once(model):
+    """Connections in the middle of a request are not closed for others: beyond them, 503."""
+    server, port = rest.serve_rest(model, "127.0.0.1", 0, ds.RunSlots(running=1, waiting=0))
+    limit = 1 + rest.SPARE_CONNECTIONS
+    clients = [connection(port, b"GET /v1/models/nst HTTP/1.1\r\n") for _ in range(limit)]
+    try:
+        wait_for(lambda: server._free._value == 0 and not server._idle)  # every thread has its request started
+        start = time.monotonic()
+        code, answer = refusal(port, b"GET /v1/models/nst HTTP/1.1\r\n\r\n")
+        assert code == 503 and f"all {limit} REST connections are busy" in answer["error"]
+        assert time.monotonic() - start < 5
+    finally:
+        for client in clients:
+            client.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_json_the_dev_server_refuses_with_400(port):
+    """Deep nesting, numbers no double holds and documents of too many values are 400s, not 500s."""
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert predict_status(port, deep) == (
+        400,
+        f"JSON Parse error: arrays and objects nested deeper than {rest.MAX_JSON_DEPTH} levels",
+    )
+    nested = b'{"inputs": ' + b"[" * rest.MAX_JSON_DEPTH + b"]" * rest.MAX_JSON_DEPTH + b"}"  # one level too many
+    assert predict_status(port, nested) == predict_status(port, deep)
+    too_big = (400, "JSON Parse error: Number too big to be stored in double.")
+    assert predict_status(port, b'{"inputs": {"steps": 1' + b"0" * 5000 + b"}}") == too_big
+    assert predict_status(port, b'{"inputs": {"style_weight": 1' + b"0" * 400 + b"}}") == too_big
+    assert predict_status(port, b'{"inputs": {"style_weight": 1e400}}') == too_big
+    many = b'{"inputs": [' + b"0," * rest.MAX_JSON_VALUES + b"0]}"
+    code, message = predict_status(port, many)
+    assert code == 400 and f"more than {rest.MAX_JSON_VALUES} values" in message
+
+
+def test_numbers_are_read_as_rapidjson_reads_them():
+    """Integers while they fit 64 bits, doubles beyond (so an int32 input refuses them by type)."""
+    assert rest._parse_json(b'{"a": [-9223372036854775808, 18446744073709551615, 18446744073709551616, 1.5]}') == {
+        "a": [-(2**63), 2**64 - 1, float(2**64), 1.5]
+    }
+    assert isinstance(rest._parse_json(b'{"a": 18446744073709551616}')["a"], float)
+
+
+def test_a_repeated_key_keeps_its_first_value(port):
+    """rapidjson's FindMember finds the first of repeated keys; so does the dev server."""
+    body = b'{"signature_name": "nope", "signature_name": "serving_default", "inputs": {}}'
+    assert predict_status(port, body) == (400, 'Serving signature name: "nope" not found in signature def')
+
+
+def test_a_queued_call_sees_its_client_leave_whatever_its_descriptor_number():
+    """select() fails on descriptors over 1023; the connection check must not."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1100:
+        pytest.skip("needs at least 1100 file descriptors")
+    server_end, client_end = socket.socketpair()
+    high = socket.socket(fileno=fcntl.fcntl(server_end.fileno(), fcntl.F_DUPFD, 1050))
+    server_end.close()
+    with high:
+        call = rest._RestCall(high, timeout_ms=0)
+        assert call.is_active()
+        client_end.close()
+        assert not call.is_active()
+
+
+# ---- the whole server under a flood ---------------------------------------------------------------
+
+
+def grpc_answers(address: str) -> bool:
+    """Whether the gRPC port answers its health check and GetModelStatus within seconds."""
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="nst")), timeout=10
+        )
+    return health.status == health_pb2.HealthCheckResponse.SERVING and len(status.model_version_status) == 1
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number from /proc/PID/status (Threads; VmHWM in kB)."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(re.search(rf"^{field}:\s*(\d+)", status.read(), re.MULTILINE)[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_flood_of_rest_connections_and_bodies_leaves_grpc_and_status_answering(exported, tmp_path):
+    """nst-devserver in its own process: 600 idle REST connections (once enough to take every thread
+    and kill the gRPC loop) start no more threads than the bound, a status call and gRPC still answer,
+    a Content-Length of 10^12 is a 413, and a body at the limit made of empty objects (50 times its
+    size once parsed) is a 400 that leaves the peak memory within a few times the body."""
+    (tmp_path / "nst").mkdir()
+    (tmp_path / "nst" / "1").symlink_to(exported, target_is_directory=True)  # one version: a quicker start
+    flags = ("--rest-port", "0", "--max-concurrent", "1", "--max-queue", "2")
+    with running_devserver(tmp_path / "nst", tmp_path / "stderr.log", *flags) as server:
+        pid, address = server["process"].pid, server["address"]
+        rest_port = int(re.search(r"REST \(plaintext\) on port (\d+)", server["banner"])[1])
+        threads = proc_status(pid, "Threads")
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(connection(rest_port)) for _ in range(600)]
+            code, _, _ = call(rest_port, "GET", "/v1/models/nst")
+            assert code == 200
+            assert grpc_answers(address)
+            assert proc_status(pid, "Threads") <= threads + 1 + 2 + rest.SPARE_CONNECTIONS
+            assert len(clients) == 600
+        assert grpc_answers(address)
+        code, answer = refusal(rest_port, post("/v1/models/nst:predict", "Content-Length: 1000000000000\r\n"))
+        assert code == 413, answer
+        with open(f"/proc/{pid}/clear_refs", "w") as clear:
+            clear.write("5")  # the peak (VmHWM) starts again from the memory in use now
+        in_use = proc_status(pid, "VmRSS")
+        empties = b'{"inputs": [' + b"{}," * ((rest.MAX_BODY_BYTES - 20) // 3) + b"{}]}"
+        assert len(empties) <= rest.MAX_BODY_BYTES
+        code, _, answer = call(rest_port, "POST", "/v1/models/nst:predict", empties)
+        assert code == 400 and "values" in answer["error"]
+        assert (proc_status(pid, "VmHWM") - in_use) * 1024 < 4 * rest.MAX_BODY_BYTES
+        assert grpc_answers(address)
+        assert server["process"].poll() is None
+
+
+def test_the_docs_give_the_rest_limits():
+    """docs/serving.md's table of REST limits states each as devserver/rest.py defines it."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    section = text.split("## REST limits of the development server\n")[1].split("\n## ")[0]
+    for shown in (
+        f"{rest.MAX_BODY_BYTES // 2**20} MiB (`MAX_BODY_BYTES`)",
+        f"{rest.MAX_JSON_VALUES} (`MAX_JSON_VALUES`)",
+        f"{rest.MAX_JSON_DEPTH} levels (`MAX_JSON_DEPTH`)",
+        f"{rest.IDLE_TIMEOUT_S:g} s (`IDLE_TIMEOUT_S`)",
+        f"{rest.REQUEST_TIMEOUT_S:g} s (`REQUEST_TIMEOUT_S`)",
+        f"{rest.SPARE_CONNECTIONS} (`SPARE_CONNECTIONS`)",
+    ):
+        assert shown in section
