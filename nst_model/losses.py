@@ -89,7 +89,9 @@ def guided_gram_terms(features: tf.Tensor, guides: tf.Tensor, targets: tf.Tensor
     """The Gram term of each region [S] against its own target [S, C, C]; 0 for a region with no
     area at this layer (too small to survive the pooling), which has nothing to match."""
     terms = tf.reduce_mean(tf.square(guided_gram(features, guides) - targets), [1, 2])
-    return tf.where(tf.reduce_sum(guides, [1, 2, 3]) > 0, terms, 0.0)
+    # A product, not tf.where: the gradient then keeps no boolean, which the gradient of the
+    # objective's mask/no-mask cond would pair with a float of the other branch (a type warning).
+    return terms * tf.cast(tf.reduce_sum(guides, [1, 2, 3]) > 0, tf.float32)
 
 
 # ---- Wasserstein-2 between Gaussians ---------------------------------------------------------------

@@ -34,7 +34,7 @@ def regions(mask: tf.Tensor, content: tf.Tensor) -> tf.Tensor:
     pixels = inputs.require(
         pixels,
         tf.cast(cross, tf.float64) <= MASK_ASPECT_TOLERANCE * tf.cast(content_sides[0] * sides[1], tf.float64),
-        "mask must have the content's aspect ratio (height / width); got mask, content height, width",
+        "mask must have the aspect ratio of the content (height / width); got the mask, then the content height, width",
         sides,
         content_sides,
     )

@@ -34,12 +34,17 @@ def test_layout_warmup_and_info(exported, weights_file):
     # call, with the output filters the loop uses, so that no real request meets an executor to build.
     assert [r.model_spec.signature_name for r in requests].count("decode") == 1
     pixels = [r for r in requests if r.model_spec.signature_name == "pixels"]
+    plain = [r for r in pixels if "mask" not in r.inputs]
     for optimizer in ("lbfgs", "adam"):
-        fresh, later = [r for r in pixels if ("optimizer" in r.inputs) == (optimizer == "adam")]
+        fresh, later = [r for r in plain if ("optimizer" in r.inputs) == (optimizer == "adam")]
         assert "style" in fresh.inputs and "image" not in fresh.inputs
         assert set(chunked.TARGETS) <= set(fresh.output_filter)
         assert "style" not in later.inputs and set(chunked.state_names(optimizer)) <= set(later.inputs)
         assert set(chunked.state_names(optimizer)) <= set(later.output_filter)
+    # A masked run as the command lines send it (mask and mask_styles), one call and chunked.
+    masked = [(r.model_spec.signature_name, "style" in r.inputs) for r in requests if "mask" in r.inputs]
+    assert masked == [("serving_default", True), ("pixels", True), ("pixels", False)]
+    assert all("mask_styles" in r.inputs for r in requests if "mask" in r.inputs)
     for request in requests:  # tiny: the server replays them at load, with no deadline
         if "max_dim" in request.inputs:
             assert tf.make_ndarray(request.inputs["max_dim"]) == 16
