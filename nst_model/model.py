@@ -133,6 +133,15 @@ def validate(options: dict[str, tf.Tensor], style_losses: tuple[str, ...] = EXPO
     )
 
 
+def style_blend(controls: Controls, num_styles: tf.Tensor) -> tf.Tensor:
+    """The styles' blend weights [num_styles]: style_weights checked and normalised, else equal."""
+    return tf.cond(
+        inputs.runtime_size(controls.style_weights) > 0,
+        lambda: inputs.blend_weights(controls.style_weights, "style_weights", num_styles, "style"),
+        lambda: tf.fill([num_styles], 1.0 / tf.cast(num_styles, tf.float32)),
+    )
+
+
 def content_features_shape(content: tf.Tensor, layer: tf.Tensor) -> tf.Tensor:
     """The shape [1, h, w, C] of the content's features at CONTENT_LAYERS[layer]."""
     pools = tf.gather([pools_before(n) for n in CONTENT_LAYERS], layer)
@@ -228,13 +237,8 @@ class StyleTransfer(tf.Module):
         of its brush strokes relative to the content is the user's choice, not the files'; a scaled
         side beyond `max_side` is refused. The colour mode may recolour the styles first.
         """
-        blend = tf.cond(
-            inputs.runtime_size(controls.style_weights) > 0,
-            lambda: inputs.blend_weights(controls.style_weights, "style_weights", num_styles, "style"),
-            lambda: tf.fill([num_styles], 1.0 / tf.cast(num_styles, tf.float32)),
-        )
-        longest = tf.reduce_max(tf.shape(content)[1:3])
-        longest = tf.cast(tf.round(controls.style_scale * tf.cast(longest, tf.float32)), tf.int32)
+        blend = style_blend(controls, num_styles)
+        longest = inputs.style_longest(tf.shape(content)[1:3], controls.style_scale)
 
         def style_target(loss: losses.StyleLoss) -> tf.Tensor:
             """The blend over styles of the loss's statistics, per style layer, made its target."""
