@@ -25,6 +25,7 @@ from nst_model.options import (
     EXPORTED_STYLE_LOSSES,
     INITS,
     NOISE_SCALE,
+    NORMALIZED_FLOORS,
     NORMALIZED_SCALES,
     OPTIMIZERS,
     POOLINGS,
@@ -265,10 +266,14 @@ class StyleTransfer(tf.Module):
 
         styled = [features[n] for n in STYLE_LAYERS]
 
-        def weighed(terms: list[tf.Tensor], sizes: list[tf.Tensor]) -> tf.Tensor:
+        def weighed(terms: list[tf.Tensor], sizes: list[tf.Tensor], floors: tuple[float, ...]) -> tf.Tensor:
             """The layers' terms summed; with style_balance=normalized each relative to its target's
-            size (in the reference balance the factor is 1, and x * 1.0 is x: the reference's rounding)."""
-            factors = [tf.where(controls.normalized, 1.0 / tf.maximum(size, 1e-30), 1.0) for size in sizes]
+            size, at least its floor (in the reference balance the factor is 1, and x * 1.0 is x: the
+            reference's rounding)."""
+            factors = [
+                tf.where(controls.normalized, 1.0 / tf.maximum(size, floor), 1.0)
+                for size, floor in zip(sizes, floors, strict=True)
+            ]
             terms = [t * f for t, f in zip(terms, factors, strict=True)]
             return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
 
@@ -277,7 +282,7 @@ class StyleTransfer(tf.Module):
             terms = [
                 loss.term(f, target, k, controls.seed) for k, (f, target) in enumerate(zip(styled, layers, strict=True))
             ]
-            return weighed(terms, [loss.size(target) for target in layers])
+            return weighed(terms, [loss.size(target) for target in layers], NORMALIZED_FLOORS[loss.name])
 
         style = self.by_style_loss(controls.style_loss, style_loss)
         content = tf.switch_case(
