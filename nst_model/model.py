@@ -375,7 +375,8 @@ class StyleTransfer(tf.Module):
         the PNG gets the content's colours back (colors swap or luminance, or preserve_colors). A run whose objective
         overflowed (weights too large for float32) is refused rather than returned as a black image.
         """
-        state, terms, evaluations = self.optimise(targets, steps, controls, state)
+        start = state
+        state, terms, evaluations = self.optimise(targets, steps, controls, start)
         carried = (tf.stack(list(terms)), state.image, state.adam_m, state.adam_v, state.lbfgs_grad)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in carried])
         image = inputs.require(
@@ -383,6 +384,16 @@ class StyleTransfer(tf.Module):
             finite,
             "the objective overflowed float32 (a loss or gradient is not finite): lower style_weight, "
             "content_weight or tv_weight (or learning_rate with adam)",
+        )
+        # A run that starts from the style and cannot leave it (a style of one colour: every step's line
+        # search refused) would hand back the style as if it were a result.
+        fresh = tf.equal(tf.size(start.lbfgs_losses), 0) & tf.equal(start.adam_step, 0)
+        stuck = tf.equal(controls.init, INITS.index("style")) & fresh & (steps > 0)
+        image = inputs.require(
+            image,
+            tf.logical_not(stuck) | tf.reduce_any(tf.not_equal(state.image, start.image)),
+            "init=style: the optimisation could not move from the style image (a style of one colour, or weights "
+            "that leave nothing to lower, hold it there); use init=content or init=noise, or a style with some texture",
         )
         shown = colors.shown(image, content, controls.colors)
         png = tf.io.encode_png(tf.image.convert_image_dtype(shown[0], tf.uint8, saturate=True))
