@@ -24,6 +24,7 @@ from nst_model.options import (
     CONTENT_LAYERS,
     EXPORTED_STYLE_LOSSES,
     INITS,
+    MIN_INIT_STYLE_STD,
     NOISE_SCALE,
     NORMALIZED_FLOORS,
     NORMALIZED_SCALES,
@@ -178,6 +179,24 @@ def noise_image(content: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(mean_rgb + NOISE_SCALE * tf.math.reduce_std(content) * noise, 0.0, 1.0)
 
 
+def style_start(style: tf.Tensor, content: tf.Tensor, controls: Controls) -> tf.Tensor:
+    """The style at the content's size (as the colour mode prepares it), refused if it is flat."""
+    start = tf.clip_by_value(
+        tf.image.resize(colors.prepare_style(style, content, controls.colors), tf.shape(content)[1:3], antialias=True),
+        0.0,
+        1.0,
+    )
+    std = tf.reduce_max(tf.math.reduce_std(start, axis=[1, 2]))  # across the image, in its most varied channel
+    return inputs.require(
+        start,
+        std >= MIN_INIT_STYLE_STD,
+        f"init=style needs a style with some texture (a standard deviation of at least {MIN_INIT_STYLE_STD * 255:g} "
+        "of 255): this one is of one colour, a start the optimisation cannot leave; use init=content or "
+        "init=noise; got a standard deviation of",
+        std * 255,
+    )
+
+
 def initial_state(content: tf.Tensor, first_style: Callable[[], tf.Tensor], controls: Controls) -> State:
     """Where a run starts: the content, noise, or the first style at the content's size (each as the
     colour mode prepares it); no history."""
@@ -186,15 +205,7 @@ def initial_state(content: tf.Tensor, first_style: Callable[[], tf.Tensor], cont
         {
             INITS.index("content"): lambda: colors.for_vgg(content, controls.colors),
             INITS.index("noise"): lambda: noise_image(content, controls.seed),
-            INITS.index("style"): lambda: tf.clip_by_value(
-                tf.image.resize(
-                    colors.prepare_style(first_style(), content, controls.colors),
-                    tf.shape(content)[1:3],
-                    antialias=True,
-                ),
-                0.0,
-                1.0,
-            ),
+            INITS.index("style"): lambda: style_start(first_style(), content, controls),
         },
     )
     zeros = tf.zeros_like(content)

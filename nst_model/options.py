@@ -54,6 +54,9 @@ COLORS = ("style", "swap", "histogram", "luminance")
 # Noise init, as jcjohnson's and anishathalye's: Gaussian noise around VGG's mean colour (the zero
 # of its input space), its standard deviation a tenth of the content's (anishathalye's scale).
 NOISE_SCALE = 0.1
+# init=style needs a style with some texture: from a flat start (one colour) VGG's ReLUs are on or off alike
+# everywhere, and 30 L-BFGS steps leave it flat (std 0.15 to 2 of 255 with the real weights at 384 px).
+MIN_INIT_STYLE_STD = 2 / 255  # the start's standard deviation below which init=style is refused
 
 # Limits enforced inside the graph, because the server checks nothing itself.
 MAX_STEPS = 10_000  # per call; resume with the state inputs to go further
