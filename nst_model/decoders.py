@@ -79,15 +79,11 @@ def declared_size(contents: tf.Tensor) -> tf.Tensor:
     return tf.cond(_starts(contents, FORMATS[0]), jpeg, other)
 
 
-def decode(contents: tf.Tensor, name: str) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP bytes to float32 RGB [1, H, W, 3] in [0, 1].
-
-    Grey and alpha images become RGB (alpha is dropped, as TensorFlow's decoders drop it); an
-    animated GIF gives its first frame; 16-bit PNGs keep their precision. Images whose header
-    declares more than MAX_INPUT_PIXELS are refused before decoding.
-    """
+def header(contents: tf.Tensor, name: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """(`contents`, its declared [height, width]) once it is one image of a known format declaring
+    at most MAX_INPUT_PIXELS: every check that needs no decoding, so a request can be refused on
+    them before any image of it is decoded."""
     contents = scalar(contents, name)
-    matches = tf.stack([_starts(contents, magic) for magic in FORMATS])
     known = tf.reduce_any([_starts(contents, m) for m in IMAGE_MAGIC])
     contents = require(contents, known, f"{name} is not a JPEG, PNG, GIF or BMP image")
     size = declared_size(contents)
@@ -97,6 +93,18 @@ def decode(contents: tf.Tensor, name: str) -> tf.Tensor:
         f"{name} declares more than {MAX_INPUT_PIXELS} pixels; got height, width",
         size,
     )
+    return contents, size
+
+
+def decode(contents: tf.Tensor, name: str) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes to float32 RGB [1, H, W, 3] in [0, 1].
+
+    Grey and alpha images become RGB (alpha is dropped, as TensorFlow's decoders drop it); an
+    animated GIF gives its first frame; 16-bit PNGs keep their precision. Images whose header
+    declares more than MAX_INPUT_PIXELS are refused before decoding.
+    """
+    contents, size = header(contents, name)
+    matches = tf.stack([_starts(contents, magic) for magic in FORMATS])
     image = tf.switch_case(
         tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int32),
         [

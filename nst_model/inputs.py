@@ -79,9 +79,14 @@ def pixels(x: tf.Tensor, name: str) -> tf.Tensor:
 
 def working_size(image: tf.Tensor, name: str, max_side: int) -> tf.Tensor:
     """`image` [1, H, W, 3] if its sides fit the optimisation: MIN_SIDE to `max_side` px."""
-    sides = tf.shape(image)[1:3]
+    return sides_fit(image, tf.shape(image)[1:3], name, max_side)
+
+
+def sides_fit(x: tf.Tensor, sides: tf.Tensor, name: str, max_side: int) -> tf.Tensor:
+    """`x`, usable only once `sides` [height, width], the image `name`'s after resizing, are within
+    MIN_SIDE..max_side: from its shape, or predicted from its header before it is decoded."""
     return require(
-        image,
+        x,
         tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= max_side),
         f"{name} sides must be between {MIN_SIDE} and {max_side}{limit_note(max_side)} px after resizing; "
         "got height, width",
@@ -147,11 +152,17 @@ def optional_history(
     return tf.cond(given, lambda: tf.reshape(x, [-1, *tf.unstack(tf.shape(like)[1:])]), lambda: empty)
 
 
+def scaled_sides(sides: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
+    """Sides [..., 2] (height, width) scaled so that the longest is `longest`, as images are resized:
+    from an image's shape, or from the sizes its header declares before it is decoded."""
+    size = tf.cast(sides, tf.float32)
+    scale = tf.cast(longest, tf.float32) / tf.reduce_max(size, axis=-1, keepdims=True)
+    return tf.maximum(tf.cast(size * scale, tf.int32), 1)
+
+
 def longest_side_size(image: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
     """[height, width] of `image` [1, H, W, 3] scaled so that its longest side is `longest`."""
-    size = tf.cast(tf.shape(image)[1:3], tf.float32)
-    scale = tf.cast(longest, tf.float32) / tf.reduce_max(size)
-    return tf.maximum(tf.cast(size * scale, tf.int32), 1)
+    return scaled_sides(tf.shape(image)[1:3], longest)
 
 
 def resize_longest_side(image: tf.Tensor, longest: tf.Tensor) -> tf.Tensor:
@@ -267,18 +278,35 @@ def style_batch(x: tf.Tensor, sizes: tf.Tensor, name: str) -> tuple[tf.Tensor, t
     return tf.reshape(x, [shape[0], shape[1], shape[2], 3]), sizes
 
 
-def scaled_style(style: tf.Tensor, longest: tf.Tensor, max_side: int) -> tf.Tensor:
-    """`style` resized to a longest side of `longest`, refused before resizing (which would
-    allocate it) if a side would leave MIN_SIDE..max_side."""
-    sides = longest_side_size(style, longest)
-    style = require(
-        style,
+def style_longest(content_sides: tf.Tensor, style_scale: tf.Tensor) -> tf.Tensor:
+    """The longest side the styles are resized to: style_scale times the content's longest side."""
+    return tf.cast(tf.round(style_scale * tf.cast(tf.reduce_max(content_sides), tf.float32)), tf.int32)
+
+
+def styles_fit(x: tf.Tensor, style_sides: tf.Tensor, longest: tf.Tensor, max_side: int) -> tf.Tensor:
+    """`x`, usable only once every style of sides [..., 2] keeps its sides within MIN_SIDE..max_side
+    when resized to a longest side of `longest`."""
+    sides = scaled_sides(style_sides, longest)
+    return require(
+        x,
         tf.reduce_all(sides >= MIN_SIDE) & tf.reduce_all(sides <= max_side),
         f"style sides must be between {MIN_SIDE} and {max_side}{limit_note(max_side)} px after scaling by "
         "style_scale; got height, width",
         sides,
     )
-    return resize_longest_side(style, longest)
+
+
+def scaled_style(style: tf.Tensor, longest: tf.Tensor, max_side: int) -> tf.Tensor:
+    """`style` resized to a longest side of `longest`, refused before resizing (which would
+    allocate it) if a side would leave MIN_SIDE..max_side."""
+    return resize_longest_side(styles_fit(style, tf.shape(style)[1:3], longest, max_side), longest)
+
+
+def after(x: tf.Tensor, *checked: object) -> tf.Tensor:
+    """`x`, usable only once every tensor of `checked` (nests of checked inputs) has been computed:
+    their checks then run before whatever uses `x` (a decode, a resize, a VGG pass) starts."""
+    with tf.control_dependencies(tf.nest.flatten(checked)):
+        return tf.identity(x)
 
 
 def optional_vector(x: tf.Tensor, length: int | tf.Tensor, name: str, low: float | None = None) -> tf.Tensor:

@@ -103,11 +103,21 @@ def mean_and_gram(features: tf.Tensor) -> list[tf.Tensor]:
     return [tf.reduce_mean(features, [1, 2]), gram(features)]
 
 
+def lifted(covariance: tf.Tensor) -> tf.Tensor:
+    """A covariance [1, C, C], its diagonal lifted by W2_EPSILON: dead (all-zero) channels would
+    otherwise make it singular, and the square root's gradient unbounded."""
+    return covariance + W2_EPSILON * tf.eye(tf.shape(covariance)[-1], batch_shape=[1])
+
+
 def covariance(mean: tf.Tensor, second_moment: tf.Tensor) -> tf.Tensor:
-    """Covariance from mean and second moment, its diagonal lifted by W2_EPSILON: dead (all-zero)
-    channels would otherwise make it singular, and the square root's gradient unbounded."""
-    eye = tf.eye(tf.shape(mean)[-1], batch_shape=[1])
-    return second_moment - tf.einsum("bc,bd->bcd", mean, mean) + W2_EPSILON * eye
+    """The (lifted) covariance of a blend of styles from its mean and second moment, made positive
+    semi-definite first. For a flat style (one colour) the covariance is nearly zero and the
+    subtraction leaves float32's rounding of the second moment (about 1e-7 of the squared mean,
+    far above W2_EPSILON), with negative eigenvalues on which the Newton-Schulz iterations diverge;
+    they are clipped to zero (an eigendecomposition, once per run)."""
+    raw = second_moment - tf.einsum("bc,bd->bcd", mean, mean)
+    values, vectors = tf.linalg.eigh(0.5 * (raw + tf.linalg.matrix_transpose(raw)))
+    return lifted(tf.einsum("bij,bj,bkj->bik", vectors, tf.maximum(values, 0.0), vectors))
 
 
 def sqrtm(matrix: tf.Tensor) -> tf.Tensor:
@@ -134,8 +144,9 @@ def w2_target(mean: tf.Tensor, second_moment: tf.Tensor) -> list[tf.Tensor]:
 def w2_term(features: tf.Tensor, target_mean: tf.Tensor, target_root: tf.Tensor) -> tf.Tensor:
     """Squared W2 distance between the Gaussians of the image's and the style's features, per channel:
     |m - m_s|^2 + tr(S + S_s - 2 (S_s^1/2 S S_s^1/2)^1/2), both divided by C."""
-    mean, second_moment = mean_and_gram(features)
-    cov = covariance(mean, second_moment)
+    # Centred before the product, unlike the styles' blend: no cancellation, whatever the image.
+    mean = tf.reduce_mean(features, [1, 2])
+    cov = lifted(gram(features - mean[:, None, None, :]))
     cross = sqrtm(target_root @ cov @ target_root)
     traces = tf.linalg.trace(target_root @ target_root + cov - 2.0 * cross)
     channels = tf.cast(tf.shape(mean)[-1], tf.float32)
@@ -201,6 +212,8 @@ class StyleLoss:
     features with the target, and the term's `size` (its value for all-zero features), by which
     style_balance=normalized divides it. `seed` fixes the random directions of those that use them."""
 
+    name: str  # as options.STYLE_LOSSES spells it
+
     def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
         raise NotImplementedError
 
@@ -235,6 +248,8 @@ class StyleLoss:
 class Gram(StyleLoss):
     """The Gram matrices [1, C, C] (Gatys et al.; the reference's)."""
 
+    name = "gram"
+
     def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
         return ((1, channels, channels),)
 
@@ -248,6 +263,8 @@ class Gram(StyleLoss):
 class W2(StyleLoss):
     """The mean [1, C] and the square root of the covariance [1, C, C], from the blended mean and
     second moment."""
+
+    name = "w2"
 
     def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
         return ((1, channels), (1, channels, channels))
@@ -267,6 +284,8 @@ class W2(StyleLoss):
 
 class Sliced(StyleLoss):
     """The quantiles [C, SLICED_QUANTILES] of the sorted projections on the layer's directions."""
+
+    name = "sliced"
 
     def layer_shapes(self, channels: int) -> tuple[tuple[int, ...], ...]:
         return ((channels, SLICED_QUANTILES),)

@@ -25,7 +25,9 @@ from nst_model.options import (
     EXPORTED_STYLE_LOSSES,
     INITS,
     KEEP_PHOTO,
+    MIN_INIT_STYLE_STD,
     NOISE_SCALE,
+    NORMALIZED_FLOORS,
     NORMALIZED_SCALES,
     OPTIMIZERS,
     POOLINGS,
@@ -148,10 +150,19 @@ def validate(options: dict[str, tf.Tensor], style_losses: tuple[str, ...] = EXPO
     )
 
 
-def balance(size: tf.Tensor, normalized: tf.Tensor) -> tf.Tensor:
-    """A style term's factor: with style_balance=normalized the inverse of its target's `size`,
-    else 1 (and x * 1.0 is x: the reference's rounding)."""
-    return tf.where(normalized, 1.0 / tf.maximum(size, 1e-30), 1.0)
+def balance(size: tf.Tensor, normalized: tf.Tensor, floor: float) -> tf.Tensor:
+    """A style term's factor: with style_balance=normalized the inverse of its target's `size`, at
+    least `floor`, else 1 (and x * 1.0 is x: the reference's rounding)."""
+    return tf.where(normalized, 1.0 / tf.maximum(size, floor), 1.0)
+
+
+def style_blend(controls: Controls, num_styles: tf.Tensor) -> tf.Tensor:
+    """The styles' blend weights [num_styles]: style_weights checked and normalised, else equal."""
+    return tf.cond(
+        inputs.runtime_size(controls.style_weights) > 0,
+        lambda: inputs.blend_weights(controls.style_weights, "style_weights", num_styles, "style"),
+        lambda: tf.fill([num_styles], 1.0 / tf.cast(num_styles, tf.float32)),
+    )
 
 
 def content_features_shape(content: tf.Tensor, layer: tf.Tensor) -> tf.Tensor:
@@ -189,6 +200,24 @@ def noise_image(content: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(mean_rgb + NOISE_SCALE * tf.math.reduce_std(content) * noise, 0.0, 1.0)
 
 
+def style_start(style: tf.Tensor, content: tf.Tensor, controls: Controls) -> tf.Tensor:
+    """The style at the content's size (as the colour mode prepares it), refused if it is flat."""
+    start = tf.clip_by_value(
+        tf.image.resize(colors.prepare_style(style, content, controls.colors), tf.shape(content)[1:3], antialias=True),
+        0.0,
+        1.0,
+    )
+    std = tf.reduce_max(tf.math.reduce_std(start, axis=[1, 2]))  # across the image, in its most varied channel
+    return inputs.require(
+        start,
+        std >= MIN_INIT_STYLE_STD,
+        f"init=style needs a style with some texture (a standard deviation of at least {MIN_INIT_STYLE_STD * 255:g} "
+        "of 255): this one is of one colour, a start the optimisation cannot leave; use init=content or "
+        "init=noise; got a standard deviation of",
+        std * 255,
+    )
+
+
 def initial_state(content: tf.Tensor, first_style: Callable[[], tf.Tensor], controls: Controls) -> State:
     """Where a run starts: the content, noise, or the first style at the content's size (each as the
     colour mode prepares it); no history."""
@@ -197,15 +226,7 @@ def initial_state(content: tf.Tensor, first_style: Callable[[], tf.Tensor], cont
         {
             INITS.index("content"): lambda: colors.for_vgg(content, controls.colors),
             INITS.index("noise"): lambda: noise_image(content, controls.seed),
-            INITS.index("style"): lambda: tf.clip_by_value(
-                tf.image.resize(
-                    colors.prepare_style(first_style(), content, controls.colors),
-                    tf.shape(content)[1:3],
-                    antialias=True,
-                ),
-                0.0,
-                1.0,
-            ),
+            INITS.index("style"): lambda: style_start(first_style(), content, controls),
         },
     )
     zeros = tf.zeros_like(content)
@@ -291,13 +312,8 @@ class StyleTransfer(tf.Module):
         of its brush strokes relative to the content is the user's choice, not the files'; a scaled
         side beyond `max_side` is refused. The colour mode may recolour the styles first.
         """
-        blend = tf.cond(
-            inputs.runtime_size(controls.style_weights) > 0,
-            lambda: inputs.blend_weights(controls.style_weights, "style_weights", num_styles, "style"),
-            lambda: tf.fill([num_styles], 1.0 / tf.cast(num_styles, tf.float32)),
-        )
-        longest = tf.reduce_max(tf.shape(content)[1:3])
-        longest = tf.cast(tf.round(controls.style_scale * tf.cast(longest, tf.float32)), tf.int32)
+        blend = style_blend(controls, num_styles)
+        longest = inputs.style_longest(tf.shape(content)[1:3], controls.style_scale)
 
         def style_target(loss: losses.StyleLoss) -> tf.Tensor:
             """The blend over styles of the loss's statistics, per style layer, made its target."""
@@ -343,10 +359,11 @@ class StyleTransfer(tf.Module):
 
         styled = [features[n] for n in STYLE_LAYERS]
 
-        def weighed(terms: list[tf.Tensor], sizes: list[tf.Tensor]) -> tf.Tensor:
+        def weighed(terms: list[tf.Tensor], sizes: list[tf.Tensor], floors: tuple[float, ...]) -> tf.Tensor:
             """The layers' terms summed; with style_balance=normalized each relative to its target's
-            size (in the reference balance the factor is 1, and x * 1.0 is x: the reference's rounding)."""
-            terms = [t * balance(size, controls.normalized) for t, size in zip(terms, sizes, strict=True)]
+            size, at least its floor (in the reference balance the factor is 1, and x * 1.0 is x: the
+            reference's rounding)."""
+            terms = [t * balance(s, controls.normalized, f) for t, s, f in zip(terms, sizes, floors, strict=True)]
             return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
 
         def style_loss(loss: losses.StyleLoss) -> tf.Tensor:
@@ -354,7 +371,7 @@ class StyleTransfer(tf.Module):
             terms = [
                 loss.term(f, target, k, controls.seed) for k, (f, target) in enumerate(zip(styled, layers, strict=True))
             ]
-            return weighed(terms, [loss.size(target) for target in layers])
+            return weighed(terms, [loss.size(target) for target in layers], NORMALIZED_FLOORS[loss.name])
 
         def guided_style_loss() -> tf.Tensor:
             """Per style layer, each styled region's guided Gram term against its own target, summed."""
@@ -362,11 +379,12 @@ class StyleTransfer(tf.Module):
             per_region = tf.reshape(targets.style, [-1, loss.length])
             columns = tf.split(per_region, [int(np.prod(shape)) for shape in loss.shapes], axis=1)
             terms = []
-            for f, column, guides, shape in zip(styled, columns, targets.regions.guides, loss.shapes, strict=True):
-                target = tf.reshape(column, [-1, *shape[1:]])
+            floors = NORMALIZED_FLOORS[loss.name]
+            for k, (f, column, guides) in enumerate(zip(styled, columns, targets.regions.guides, strict=True)):
+                target = tf.reshape(column, [-1, *loss.shapes[k][1:]])
                 sizes = tf.reduce_mean(tf.square(target), [1, 2])
-                per_region = losses.guided_gram_terms(f, guides, target) * balance(sizes, controls.normalized)
-                terms.append(tf.reduce_sum(per_region))
+                factors = balance(sizes, controls.normalized, floors[k])
+                terms.append(tf.reduce_sum(losses.guided_gram_terms(f, guides, target) * factors))
             return losses.layer_sum(terms, weights["style_weight"], controls.layer_weights)
 
         def whole_style_loss() -> tf.Tensor:
@@ -464,7 +482,8 @@ class StyleTransfer(tf.Module):
         the PNG gets the content's colours back (colors swap or luminance, or preserve_colors). A run whose objective
         overflowed (weights too large for float32) is refused rather than returned as a black image.
         """
-        state, terms, evaluations = self.optimise(targets, steps, controls, state)
+        start = state
+        state, terms, evaluations = self.optimise(targets, steps, controls, start)
         carried = (tf.stack(list(terms)), state.image, state.adam_m, state.adam_v, state.lbfgs_grad)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in carried])
         image = inputs.require(
@@ -472,6 +491,16 @@ class StyleTransfer(tf.Module):
             finite,
             "the objective overflowed float32 (a loss or gradient is not finite): lower style_weight, "
             "content_weight or tv_weight (or learning_rate with adam)",
+        )
+        # A run that starts from the style and cannot leave it (a style of one colour: every step's line
+        # search refused) would hand back the style as if it were a result.
+        fresh = tf.equal(tf.size(start.lbfgs_losses), 0) & tf.equal(start.adam_step, 0)
+        stuck = tf.equal(controls.init, INITS.index("style")) & fresh & (steps > 0)
+        image = inputs.require(
+            image,
+            tf.logical_not(stuck) | tf.reduce_any(tf.not_equal(state.image, start.image)),
+            "init=style: the optimisation could not move from the style image (a style of one colour, or weights "
+            "that leave nothing to lower, hold it there); use init=content or init=noise, or a style with some texture",
         )
         shown = colors.shown(image, content, controls.colors)
         png = tf.io.encode_png(tf.image.convert_image_dtype(shown[0], tf.uint8, saturate=True))

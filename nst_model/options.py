@@ -35,6 +35,15 @@ STYLE_LOSS_SCALES = {"gram": 1.0, "w2": 1.8e5, "sliced": 4.8e5}
 # each layer's term divided by the size of that style's own target at that layer.
 STYLE_BALANCES = ("reference", "normalized")
 NORMALIZED_SCALES = {"gram": 1.6e10, "w2": 2.8e10, "sliced": 6.8e10}  # the same, for style_balance=normalized
+# The least size of a style's target per style layer by which style_balance=normalized divides: a flat or
+# nearly flat style (one colour near VGG's mean, whose features are nearly zero) would otherwise be
+# magnified 1e2 to 1e4 times over any painting. A quarter of the smallest size among the shared styles
+# (Starry Night twice, The Scream, Shipwreck; the real weights, 512 px), so that no painting reaches it.
+NORMALIZED_FLOORS = {
+    "gram": (1.9e5, 4.8e7, 5.3e7, 1.4e10, 6.2e5),
+    "w2": (3.5e2, 6.5e3, 1.0e4, 1.3e5, 1.6e3),
+    "sliced": (3.3e2, 6.5e3, 1.0e4, 1.3e5, 1.6e3),
+}
 W2_ITERATIONS = 12  # Newton-Schulz iterations per matrix square root (crowsonkb's count)
 W2_EPSILON = 1e-4  # added to the covariances' diagonals (crowsonkb's): keeps them invertible
 SLICED_QUANTILES = 1024  # points of each style's quantile function per direction, carried in the state
@@ -45,6 +54,9 @@ COLORS = ("style", "swap", "histogram", "luminance")
 # Noise init, as jcjohnson's and anishathalye's: Gaussian noise around VGG's mean colour (the zero
 # of its input space), its standard deviation a tenth of the content's (anishathalye's scale).
 NOISE_SCALE = 0.1
+# init=style needs a style with some texture: from a flat start (one colour) VGG's ReLUs are on or off alike
+# everywhere, and 30 L-BFGS steps leave it flat (std 0.15 to 2 of 255 with the real weights at 384 px).
+MIN_INIT_STYLE_STD = 2 / 255  # the start's standard deviation below which init=style is refused
 
 # Limits enforced inside the graph, because the server checks nothing itself.
 MAX_STEPS = 10_000  # per call; resume with the state inputs to go further

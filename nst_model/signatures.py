@@ -31,6 +31,7 @@ from nst_model.model import (
     content_features_shape,
     initial_state,
     regions,
+    style_blend,
     validate,
 )
 from nst_model.options import BY_NAME, MAX_STEPS, MIN_SIDE, OPTIONS, PIXELS_OPTIONS, Limits
@@ -147,10 +148,36 @@ class Servable(tf.Module):
         for name in SIGNATURES:
             setattr(self, name, _signature_function(self, name, defaults))
 
-    def _decode_image(self, image: tf.Tensor, max_dim: tf.Tensor, name: str) -> tf.Tensor:
+    def _max_dim(self, max_dim: tf.Tensor) -> tf.Tensor:
         max_side = self.bounds.max_side
-        max_dim = inputs.int_in_range(max_dim, "max_dim", MIN_SIDE, max_side, inputs.limit_note(max_side))
-        return inputs.resize_longest_side(decoders.decode(image, name), max_dim)
+        return inputs.int_in_range(max_dim, "max_dim", MIN_SIDE, max_side, inputs.limit_note(max_side))
+
+    def _decode_image(self, image: tf.Tensor, max_dim: tf.Tensor, name: str) -> tf.Tensor:
+        return inputs.resize_longest_side(decoders.decode(image, name), self._max_dim(max_dim))
+
+    def _checked_first(
+        self, content: tf.Tensor, styles: tf.Tensor, max_dim: tf.Tensor, controls: Controls, steps: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """The encoded content and styles, usable only once every check of the request has passed, its
+        sizes predicted from the images' headers: a refused request decodes, resizes and runs nothing.
+        (The checks on the decoded images stay, for what a header cannot tell.) A header that declares
+        no size predicts nothing: its decoder refuses it."""
+        content, content_size = decoders.header(content, "content")
+        style_sizes = tf.map_fn(lambda s: decoders.header(s, "style")[1], styles, fn_output_signature=tf.int64)
+        max_dim = self._max_dim(max_dim)
+        content_sides = inputs.scaled_sides(content_size, max_dim)
+        content_sides = tf.where(tf.reduce_all(content_size > 0), content_sides, max_dim)
+        content_sides = inputs.sides_fit(content_sides, content_sides, "content", self.bounds.max_side)
+        style_sides = inputs.scaled_sides(style_sizes, max_dim)
+        style_sides = tf.where(tf.reduce_all(style_sizes > 0, axis=1, keepdims=True), style_sides, max_dim)
+        longest = inputs.style_longest(content_sides, controls.style_scale)
+        checks = (
+            inputs.styles_fit(style_sides, style_sides, longest, self.bounds.max_side),
+            style_blend(controls, tf.size(styles)),
+            controls,
+            steps,
+        )
+        return inputs.after(content, checks), inputs.after(styles, checks)
 
     def _steps(self, steps: tf.Tensor) -> tf.Tensor:
         note = ""
@@ -174,8 +201,8 @@ class Servable(tf.Module):
         """
         controls = validate(options, self.model.style_losses)
         steps, max_dim = self._steps(options["steps"]), options["max_dim"]
+        content, styles = self._checked_first(content, inputs.encoded_styles(style, "style"), max_dim, controls, steps)
         content = inputs.working_size(self._decode_image(content, max_dim, "content"), "content", self.bounds.max_side)
-        styles = inputs.encoded_styles(style, "style")
         found, content = self._regions(mask, content, tf.size(styles), controls)
 
         def style_at(i):
@@ -242,6 +269,19 @@ class Servable(tf.Module):
             tf.equal(given, inputs.runtime_size(features) > 0),
             "style_targets and content_target go together",
         )
+
+        def styles_checked() -> tf.Tensor:
+            """The styles' checks, and that they fit once scaled, from their shapes: nothing is resized yet."""
+            _, sizes = inputs.style_batch(style, style_sizes, "style")
+            longest = inputs.style_longest(tf.shape(content)[1:3], controls.style_scale)
+            checks = (
+                inputs.styles_fit(sizes, sizes, longest, self.bounds.max_side),
+                style_blend(controls, tf.shape(sizes)[0]),
+            )
+            return inputs.after(tf.constant(True), checks)
+
+        # Every check passes before the first resize or VGG pass starts: a refused request costs nothing.
+        content = inputs.after(content, controls, steps, given, tf.cond(given, lambda: given, styles_checked))
         targets = tf.cond(
             given,
             lambda: Targets(known_style, features, found),

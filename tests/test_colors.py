@@ -11,6 +11,7 @@ from helpers import feed, make_image, png_bytes, stylize, yuv
 from nst_client.errors import clean_message
 from nst_model import colors
 from nst_model.options import COLORS
+from nst_model.vgg import BGR_MEANS
 
 
 def gaussian(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +69,22 @@ def test_bad_choices_are_invalid_argument(serving, inputs, message):
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
         stylize(serving, **inputs)
     assert message in clean_message(raised.value.message)
+
+
+def test_a_flat_style_keeps_a_sane_strength_when_normalized(serving):
+    """A style of one colour at VGG's mean (an input of zeros: features of the biases only) has a target
+    of nearly zero size: divided by it, its term was magnified without bound (here about 1e3 times a
+    painting's, with the real weights 1e4). Each layer's divisor has a floor (NORMALIZED_FLOORS, measured
+    with the real weights, about 1/25 of these random weights' sizes at block1: 32 times here)."""
+    from helpers import CONTENT, STYLE_A
+
+    grey = png_bytes(np.full((48, 48, 3), np.array(BGR_MEANS[::-1]) / 255, np.float32))
+
+    def term(style: bytes) -> float:
+        inputs = {"content": CONTENT, "style": style, "steps": 0, "max_dim": 40}
+        return float(serving.run("serving_default", {k: feed(k, v) for k, v in inputs.items()})["style_loss"])
+
+    assert term(grey) < 100 * term(STYLE_A)
 
 
 def test_the_normalized_balance_evens_out_style_strength(serving):

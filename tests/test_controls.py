@@ -146,6 +146,25 @@ def test_init_images(serving):
     assert style == png_bytes(np.clip(expected[0].numpy(), 0, 1))
 
 
+STUCK = "init=style: the optimisation could not move from the style image"
+
+
+def test_init_style_never_returns_the_style_unmoved(serving):
+    """A flat style (one colour) is refused as a start, saying why: the run used to stay there (std 0.1 of
+    255) and hand it back as a result. Where nothing can move a start (no weight left), init=style is
+    refused; another init is not."""
+    for colour in ([123.68, 116.779, 103.939], [0, 0, 0]):  # VGG's mean colour, black
+        flat = png_bytes(np.full((48, 48, 3), np.array(colour) / 255, np.float32))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="init=style needs a style with some texture"):
+            stylize(serving, flat, init="style")
+        assert stylize(serving, flat, init="content")["image_bytes"]
+    still = {"style_weight": 0.0, "content_weight": 0.0, "tv_weight": 0.0}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=STUCK):
+        stylize(serving, init="style", **still)
+    assert stylize(serving, init="content", **still)["image_bytes"] == stylize(serving, steps=0)["image_bytes"]
+    assert stylize(serving, init="style", steps=0)["image_bytes"]  # nothing asked, nothing refused
+
+
 # ---- bad values ---------------------------------------------------------------------------------
 
 BAD = {

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -12,7 +15,7 @@ from helpers import make_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nst_model.options import MAX_SIDE
+from nst_model.options import MAX_SIDE, STYLE_SCALE_RANGE
 
 SMALL = {"steps": np.int32(0), "max_dim": np.int32(32)}
 
@@ -99,3 +102,57 @@ def test_fuzz_mutated_images(serving, kind, edits, cut):
         data[position % len(data)] = value
     data = bytes(data[: max(cut, 8)])
     assert outcome(serving, VALID["jpeg"], data) in ("ok", "invalid")
+
+
+# In a child process, so that its peak memory is the request's alone: the model loaded the server's way, one
+# accepted call to prepare each signature's executor, the peak reset, then the refused call, timed.
+REFUSED_REQUEST = """
+import json, pathlib, re, sys, time
+import numpy as np
+import tensorflow as tf
+from nst_model.session import ServingSession
+
+def peak_kib():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", pathlib.Path("/proc/self/status").read_text())[1])
+
+serving = ServingSession(sys.argv[1])
+tiny = tf.io.encode_png(tf.fill([16, 20, 3], tf.constant(90, tf.uint8))).numpy()
+encoded = {"content": np.array(tiny, object), "style": np.array(tiny, object), "steps": np.int32(0)}
+pixels = {"content": np.full([1, 1638, 2048, 3], 0.4, np.float32), "style": np.full([1, 16, 20, 3], 0.4, np.float32)}
+pixels["steps"] = np.int32(0)
+calls = {
+    "serving_default": (encoded, {"max_dim": np.int32(32)}, {"max_dim": np.int32(2048)}),
+    "pixels": ({**pixels, "content": pixels["content"][:, :25, :32]}, {}, {}),
+}
+report = {}
+for signature, (feeds, accepted, refused) in calls.items():
+    serving.run(signature, {**feeds, **accepted})
+    if signature == "pixels":
+        feeds = pixels
+    scale = {"style_scale": np.float32(sys.argv[2])}
+    pathlib.Path("/proc/self/clear_refs").write_text("5")
+    before, start = peak_kib(), time.monotonic()
+    try:
+        serving.run(signature, {**feeds, **refused, **scale})
+        message = "accepted"
+    except tf.errors.InvalidArgumentError as error:
+        message = error.message
+    seconds, peak_mib = time.monotonic() - start, (peak_kib() - before) / 1024
+    report[signature] = {"seconds": seconds, "peak_mib": peak_mib, "message": message}
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_refused_request_costs_no_decode_resize_or_vgg_pass(exported):
+    """A 20x16 content at max_dim 2048 with style_scale 8 (a style of 16384 px, refused): the content's
+    decode, resize and VGG pass at 2048 px used to run beside the style's size check (18.7 s, +2.4 GB with
+    the real weights); every check now gates them. The same for pixels, the content fed at 2048 px."""
+    command = [sys.executable, "-c", REFUSED_REQUEST, str(exported), str(STYLE_SCALE_RANGE[1])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=True)
+    report = json.loads(done.stdout.splitlines()[-1])
+    for signature, outcome in report.items():
+        assert "style sides must be between 16 and 2048 px after scaling by style_scale" in outcome["message"]
+        assert outcome["seconds"] < 1.0, (signature, outcome)
+        assert outcome["peak_mib"] < 100, (signature, outcome)  # one 2048 px VGG layer alone is 800 MiB

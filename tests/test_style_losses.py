@@ -105,6 +105,26 @@ def test_w2_term_is_the_wasserstein_distance_between_gaussians():
     assert float(losses.w2_term(tf.constant(style), target_mean, target_root)) < 0.02 * expected  # ~0 at itself
 
 
+@pytest.mark.parametrize("level", [30.0, 3000.0])
+def test_w2_of_a_flat_style_or_image_is_finite_and_its_distance(level):
+    """Features of one colour (a flat style or content): the covariance is zero but for float32's
+    rounding of the second moment, which made the Newton-Schulz root diverge (the objective not finite
+    even at steps=0). Both ways round the term is now the distance, its gradient finite."""
+    flat = tf.constant(level + np.random.default_rng(3).normal(0, 1e-3, (1, 24, 24, 16)), tf.float32)
+    busy = features(12, 10, 16, seed=1) * level
+    flat_target = losses.w2_target(*losses.mean_and_gram(flat))
+    busy_target = losses.w2_target(*losses.mean_and_gram(tf.constant(busy)))
+    (m1, c1), (m2, _) = gaussian(busy), gaussian(flat.numpy())
+    expected = np.mean((m1 - m2) ** 2) + np.trace(c1) / 16  # against a point mass (and W2_EPSILON)
+    assert float(losses.w2_term(tf.constant(busy), *flat_target)) == pytest.approx(expected, rel=2e-2)
+    with tf.GradientTape() as tape:
+        tape.watch(flat)
+        term = losses.w2_term(flat, *busy_target)
+    assert float(term) == pytest.approx(expected, rel=2e-2)
+    assert np.isfinite(tape.gradient(term, flat).numpy()).all()
+    assert float(losses.w2_term(flat, *flat_target)) < 1e-3 * expected  # ~0 at itself
+
+
 def test_sliced_term_compares_sorted_projections():
     image, style = features(12, 10, 8, seed=3), features(20, 16, 8, seed=4)
     dirs = losses.directions(8, tf.constant(5), 0)
