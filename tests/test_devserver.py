@@ -370,6 +370,26 @@ def test_the_deadline_stops_the_run_in_the_server(serving, content_png, style_pn
     assert response.outputs["image_bytes"].string_val
 
 
+def test_a_cancelled_call_runs_until_its_deadline_and_no_longer(serving, content_png, style_png):
+    """TensorFlow stops a Session run only at its timeout (or by closing the whole Session): a cancelled
+    call holds its run slot until the deadline the client gave it, then the slot is free again."""
+    slots = ds.RunSlots(running=1, waiting=1)
+    server, port = ds.serve(ds.Model("nst", {1: serving}), port=0, slots=slots)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+            started = time.monotonic()
+            call = predict.future(request(**small(content_png, style_png, steps=10_000)), timeout=3)
+            wait_for(lambda: slots.running == 1, timeout_s=30)
+            call.cancel()
+            assert call.cancelled()
+            wait_for(lambda: slots.running == 0, timeout_s=60)  # 10000 steps would take many minutes
+            assert time.monotonic() - started < 60
+            assert predict(request(**small(content_png, style_png)), timeout=60).outputs["image_bytes"].string_val
+    finally:
+        server.stop(grace=None)
+
+
 def test_load_takes_numeric_folders_and_the_folder_name(exported, tmp_path):
     base = tmp_path / "painter"
     base.mkdir()
