@@ -263,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as e:
         hint = ""
         if isinstance(e, ServerError) and e.code.name == "DEADLINE_EXCEEDED":
-            hint = f" (each call may take {args.timeout:g} s: raise --timeout, or lower --chunk)"
+            lower = "" if args.rest else ", or lower --chunk"  # over REST a run is one call
+            hint = f" (each call may take {args.timeout:g} s: raise --timeout{lower})"
         print(f"nst-client: error: {e}{hint}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

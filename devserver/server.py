@@ -2,8 +2,9 @@
 
 It answers the gRPC API the real server offers for this model, and with --rest-port its REST
 API (rest.py), and runs requests the way the real server does (see serving.py, which holds the
-serving side). It is no substitute in production: no batching, version policy, model polling or
-metrics; use the tensorflow/serving image (Dockerfile.serving) there.
+serving side), and follows the model folder as the real server does (--file-system-poll-wait-seconds).
+It is no substitute in production: no batching, version policy or metrics; use the tensorflow/serving
+image (Dockerfile.serving) there.
 
 This module parses the command line before TensorFlow is imported, so `--help` and usage
 errors are instant, and it keeps TensorFlow's start-up log lines off the terminal (`--verbose`
@@ -21,6 +22,8 @@ from typing import Any, NamedTuple
 
 from nst_client.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_SERVER_ERROR
 from nst_client.quiet import hidden_stderr, quiet_tensorflow
+
+POLL_WAIT_S = 1.0  # tensorflow_model_server's --file_system_poll_wait_seconds default (model_servers/server.h)
 
 
 def __getattr__(name: str) -> object:
@@ -76,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=4 * cores,
         help=f"Predict calls waiting for a turn (default {4 * cores}); beyond them calls fail RESOURCE_EXHAUSTED",
     )
+    parser.add_argument(
+        "--file-system-poll-wait-seconds",
+        type=float,
+        default=POLL_WAIT_S,
+        metavar="SECONDS",
+        help="look for new, changed and deleted version folders this often, as --file_system_poll_wait_seconds "
+        f"(default {POLL_WAIT_S:g}; 0: only at start)",
+    )
     tls = parser.add_argument_group("TLS (default: plaintext)")
     tls.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
     tls.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
@@ -89,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_concurrent < 1 or args.max_queue < 0:
         parser.error("--max-concurrent must be at least 1 and --max-queue at least 0")
+    if not args.file_system_poll_wait_seconds >= 0:  # also refuses nan
+        parser.error("--file-system-poll-wait-seconds must be at least 0")
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
         parser.error("--tls-cert and --tls-key go together; --tls-client-ca needs both")
     quiet_tensorflow(args.verbose)
@@ -107,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         "tensorflow_model_server",
         flush=True,
     )
+    for line in started.pending:  # versions that failed to load at start, told once stderr is the user's again
+        print(line, file=sys.stderr, flush=True)
+    if args.file_system_poll_wait_seconds > 0:
+        model.start_polling(args.file_system_poll_wait_seconds)
 
     def stop(*_: object) -> None:
         started.health.enter_graceful_shutdown()  # probes hear NOT_SERVING while calls in flight finish
@@ -131,14 +148,15 @@ class Started(NamedTuple):
     health: Any  # grpc_health.v1.health.HealthServicer
     rest: Any = None  # http.server.ThreadingHTTPServer, with --rest-port
     rest_port: int | None = None
+    pending: tuple[str, ...] = ()  # log lines of the start, hidden with TensorFlow's until it succeeds
 
 
 def start(args: argparse.Namespace) -> Started:
-    """Import TensorFlow, load and warm up every version, and listen."""
+    """Import TensorFlow, load and warm up every version (a folder that fails is left to polling), and listen."""
     import tensorflow as tf
     from grpc_health.v1.health import HealthServicer
 
-    from nst_devserver.serving import Model, RunSlots, serve, server_credentials
+    from nst_devserver.serving import Model, RunSlots, log_line, serve, server_credentials
 
     credentials = None
     if args.tls_cert:
@@ -146,8 +164,9 @@ def start(args: argparse.Namespace) -> Started:
             credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
         except OSError as e:
             raise StartError(f"cannot read {e.filename}: {e.strerror}", EXIT_BAD_INPUT) from None
+    pending: list[str] = []
     try:
-        model = Model.load(args.model_dir, args.model_name)
+        model = Model.load(args.model_dir, args.model_name, log=pending.append)
     except (OSError, tf.errors.OpError) as e:
         raise StartError(f"cannot load {args.model_dir}: {e}", EXIT_BAD_INPUT) from None
     try:
@@ -163,7 +182,8 @@ def start(args: argparse.Namespace) -> Started:
     except (RuntimeError, OSError) as e:
         model.close()
         raise StartError(str(e), EXIT_SERVER_ERROR) from None
-    return Started(model, server, port, warmed, credentials is not None, health, rest, rest_port)
+    model.log = log_line  # from now on, straight to stderr
+    return Started(model, server, port, warmed, credentials is not None, health, rest, rest_port, tuple(pending))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,7 +51,7 @@ from tensorflow_serving.apis import (
 )
 
 from nst_client import tensors
-from nst_model.session import DEFAULT_SIGNATURE, WARMUP_FILE, ServingSession
+from nst_model.session import DEFAULT_SIGNATURE, WARMUP_FILE, ServingSession, SessionClosed
 
 MESSAGE_LIMIT = 1024  # the real server truncates longer error messages (grpc_status_util.cc)
 T = TypeVar("T")
@@ -112,45 +113,144 @@ def _join(names: Iterable[str]) -> str:
     return ",".join(sorted(names))  # the server joins std::set<string>: sorted
 
 
+def log_line(line: str) -> None:
+    """The dev server's log: one line to stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
 @dataclasses.dataclass
 class Model:
-    """One model name with its loaded versions; the newest serves requests that name none."""
+    """One model name with its loaded versions; the newest serves requests that name none.
+
+    With `model_dir`, `poll()` (or the thread `start_polling` starts) follows the folder as the stock
+    server does (file_system_storage_path_source.cc, aspired_versions_manager.cc): a new version folder
+    is loaded and warmed up, then served; one that fails to load (half-written, corrupt) is logged in one
+    line and tried again once its files change, while the loaded versions go on serving; a version whose
+    folder is gone is unloaded, its Session closed once the calls it is running finish.
+    """
 
     name: str
-    versions: dict[int, ServingSession]
+    versions: dict[int, ServingSession]  # replaced whole on each change: a reader's copy stays consistent
+    model_dir: pathlib.Path | None = None
+    log: Callable[[str], None] = log_line
+    failed: dict[int, str] = dataclasses.field(default_factory=dict)  # version: why its folder failed to load
+    _tried: dict[int, tuple] = dataclasses.field(default_factory=dict, repr=False)  # version: files when it failed
+    _stop: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
+    _poller: threading.Thread | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike, name: str | None = None) -> Model:
-        """Every numeric version folder under `model_dir`, as the server lays them out."""
+    def load(
+        cls, model_dir: str | os.PathLike, name: str | None = None, log: Callable[[str], None] | None = None
+    ) -> Model:
+        """Every numeric version folder under `model_dir`, as the server lays them out. A folder that fails
+        to load is logged and left to `poll()`; an error only when none loads."""
         model_dir = pathlib.Path(model_dir)
-        found = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        found = version_folders(model_dir)
         if not found:
             raise FileNotFoundError(f"no version folders (1, 2, ...) with a SavedModel under {model_dir}")
-        return cls(name or model_dir.resolve().name, {v: ServingSession(model_dir / str(v)) for v in found})
+        model = cls(name or model_dir.resolve().name, {}, model_dir)
+        model.log = log or model.log
+        for version in found:
+            model._try_load(version, warm=False)
+        if not model.versions:
+            raise OSError(f"no version folder loads (version {found[-1]}: {model.failed[found[-1]]})")
+        return model
 
     def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join()
         for session in self.versions.values():
             session.close()
+
+    def start_polling(self, interval_s: float) -> None:
+        """Poll the model folder every `interval_s` seconds in a thread, until close()."""
+        if self.model_dir is None:
+            raise ValueError("a model without a folder has nothing to poll")
+
+        def loop() -> None:
+            unreadable = None
+            while not self._stop.wait(interval_s):
+                try:
+                    self.poll()
+                    unreadable = None
+                except OSError as e:  # the folder itself is gone or unreadable: keep serving what is loaded
+                    if str(e) != unreadable:
+                        self.log(f"nst-devserver: cannot read {self.model_dir}: {e}; still serving what is loaded")
+                    unreadable = str(e)
+
+        self._poller = threading.Thread(target=loop, name="nst-devserver-poll", daemon=True)
+        self._poller.start()
+
+    def poll(self) -> None:
+        """Load the version folders that appeared (or changed since they failed), unload those that went."""
+        present = set(version_folders(self.model_dir))
+        for version in sorted(set(self.versions) - present):
+            self._unload(version)
+        for version in set(self.failed) - present:
+            del self.failed[version], self._tried[version]
+        for version in sorted(present - set(self.versions)):
+            if self._tried.get(version) != folder_state(self.model_dir / str(version)):
+                self._try_load(version, warm=True)
+
+    def _try_load(self, version: int, warm: bool) -> None:
+        """Load (and with `warm`, warm up) one version and serve it; on failure, log one line and note why."""
+        path = self.model_dir / str(version)
+        state = folder_state(path)  # taken first: a change while loading makes the next poll try again
+        session = None
+        try:
+            session = ServingSession(path)
+            if warm:
+                self._warm(version, session)
+        except Exception as e:  # anything a half-written or corrupt folder makes the loader raise
+            if session is not None:
+                session.close()
+            reason = _first_line(e)
+            self.failed[version], self._tried[version] = reason, state
+            others = ", ".join(str(v) for v in sorted(self.versions)) or "none"
+            self.log(
+                f"nst-devserver: cannot load version {version} from {path}: {reason}; still serving versions "
+                f"{others}; trying again when its files change"
+            )
+            return
+        self.failed.pop(version, None)
+        self._tried.pop(version, None)
+        self.versions = {**self.versions, version: session}
+        if warm:
+            self.log(f"nst-devserver: now serving version {version} of model {self.name!r} from {path}")
+
+    def _unload(self, version: int) -> None:
+        versions = dict(self.versions)
+        session = versions.pop(version)
+        self.versions = versions
+        running = session.running
+        session.close()  # at once if idle, else when its last call finishes
+        self.log(
+            f"nst-devserver: version {version} of model {self.name!r} is gone from {self.model_dir}: unloaded"
+            + (f" once its {running} running calls finish" if running else "")
+        )
 
     def warm_up(self) -> int:
         """Replay each version's warmup requests with no deadline, as the server does at load.
 
         Any failure fails the load. Returns how many requests ran.
         """
+        return sum(self._warm(version, session) for version, session in self.versions.items())
+
+    def _warm(self, version: int, session: ServingSession) -> int:
+        path = pathlib.Path(session.path, WARMUP_FILE)
+        if not path.exists():
+            return 0
         count = 0
-        for version, session in self.versions.items():
-            path = pathlib.Path(session.path, WARMUP_FILE)
-            if not path.exists():
-                continue
-            for record in tf.data.TFRecordDataset(str(path)):
-                log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-                if log.WhichOneof("log_type") != "predict_log":
-                    raise RuntimeError(f"{path}: only Predict warmup requests are supported here")
-                try:
-                    _run_predict(session, version, log.predict_log.request, timeout_ms=0)
-                except ServingError as e:
-                    raise RuntimeError(f"warmup of {self.name} version {version} failed: {e}") from None
-                count += 1
+        for record in tf.data.TFRecordDataset(str(path)):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") != "predict_log":
+                raise RuntimeError(f"{path}: only Predict warmup requests are supported here")
+            try:
+                _run_predict(session, version, log.predict_log.request, timeout_ms=0)
+            except ServingError as e:
+                raise RuntimeError(f"warmup of {self.name} version {version} failed: {e}") from None
+            count += 1
         return count
 
     # ---- the three calls -------------------------------------------------------------------
@@ -185,12 +285,14 @@ class Model:
     def status(
         self, request: get_model_status_pb2.GetModelStatusRequest
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        """ModelService.GetModelStatus: every loaded version is AVAILABLE (a failed load stops the server)."""
+        """ModelService.GetModelStatus: every loaded version is AVAILABLE, one that failed to load is END
+        with the reason, as on the stock server."""
         if not request.HasField("model_spec"):
             raise _invalid("Missing ModelSpec")
         spec = request.model_spec
+        loaded, failed = self.versions, dict(self.failed)
         if spec.HasField("version"):
-            if spec.name != self.name or spec.version.value not in self.versions:
+            if spec.name != self.name or spec.version.value not in {*loaded, *failed}:
                 raise ServingError(
                     grpc.StatusCode.NOT_FOUND, f"Could not find version {spec.version.value} of model {spec.name}"
                 )
@@ -198,10 +300,19 @@ class Model:
         elif spec.name != self.name:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {spec.name}")
         else:
-            versions = sorted(self.versions, reverse=True)
+            versions = sorted({*loaded, *failed}, reverse=True)
         response = get_model_status_pb2.GetModelStatusResponse()
         for version in versions:
-            response.model_version_status.add(version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+            if version in loaded:
+                response.model_version_status.add(
+                    version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+                )
+            else:
+                status = response.model_version_status.add(
+                    version=version, state=get_model_status_pb2.ModelVersionStatus.END
+                )
+                status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                status.status.error_message = failed[version]
         return response
 
     def _servable(self, spec: model_pb2.ModelSpec) -> tuple[int, ServingSession]:
@@ -211,11 +322,39 @@ class Model:
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
             raise _invalid(f"Unrecognized servable version label: {spec.version_label}")
-        version = spec.version.value if choice == "version" else max(self.versions)
-        if spec.name != self.name or version not in self.versions:
-            wanted = f"Specific({spec.name}, {version})" if choice == "version" else f"Latest({spec.name})"
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
-        return version, self.versions[version]
+        versions = self.versions  # polling may replace it meanwhile
+        version = spec.version.value if choice == "version" else max(versions, default=None)
+        if spec.name != self.name or version not in versions:
+            raise _not_found(spec, choice)
+        return version, versions[version]
+
+
+def _not_found(spec: model_pb2.ModelSpec, choice: str | None) -> ServingError:
+    version = f"Specific({spec.name}, {spec.version.value})" if choice == "version" else f"Latest({spec.name})"
+    return ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {version}")
+
+
+def version_folders(model_dir: pathlib.Path) -> list[int]:
+    """The numeric version folders under `model_dir`, as the server takes them (other names are ignored:
+    an export's staging folder)."""
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def folder_state(path: pathlib.Path) -> tuple:
+    """What a version folder holds (each file's name, size and time), to tell when a failed one changed."""
+    state = []
+    for folder, _, files in os.walk(path, followlinks=True):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file removed while we look
+                stat = os.stat(os.path.join(folder, name))
+                state.append((os.path.relpath(os.path.join(folder, name), path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(state))
+
+
+def _first_line(error: Exception) -> str:
+    text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _run_predict(
@@ -230,6 +369,8 @@ def _run_predict(
     outputs = _output_aliases(signature, request.output_filter)
     try:
         values = session.run(name, feeds, outputs, timeout_ms=timeout_ms)
+    except SessionClosed:  # unloaded between the choice of the version and the run
+        raise _not_found(request.model_spec, request.model_spec.WhichOneof("version_choice")) from None
     except tf.errors.OpError as e:
         raise ServingError(_STATUS_CODES[e.error_code], e.message) from None
     response = predict_pb2.PredictResponse(

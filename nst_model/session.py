@@ -38,7 +38,9 @@ class ServingSession:
         self._defaults = {
             name: {k: tf.make_ndarray(v) for k, v in sig.defaults.items()} for name, sig in self.signatures.items()
         }
-        self._close_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the count of runs in flight and the closing flag
+        self._running = 0
+        self._closing = False
 
     def signature(self, name: str = "") -> meta_graph_pb2.SignatureDef:
         """The SignatureDef of `name` ("" means serving_default); KeyError if unknown."""
@@ -60,9 +62,36 @@ class ServingSession:
         inputs and outputs it meets (seconds for this graph), and this way a signature needs one; the
         outputs are computed by every call anyway. Errors come back as tf.errors.OpError with the
         graph's status code. `trace`, if given, is filled with the run's full trace (every op's time,
-        for benchmarks/trace.py).
+        for benchmarks/trace.py). After close(), SessionClosed.
         """
         sig = self.signature(signature_name)
+        with self._lock:
+            if self._closing:
+                raise SessionClosed(f"the model version at {self.path} was unloaded")
+            self._running += 1
+        try:
+            return self._run(sig, signature_name, feeds, output_filter, timeout_ms, trace)
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._closing and self._running == 0
+            if last:
+                self.session.close()
+
+    @property
+    def running(self) -> int:
+        """How many runs are in flight."""
+        return self._running
+
+    def _run(
+        self,
+        sig: meta_graph_pb2.SignatureDef,
+        signature_name: str,
+        feeds: dict[str, np.ndarray],
+        output_filter: list[str] | None,
+        timeout_ms: int,
+        trace: config_pb2.RunMetadata | None,
+    ) -> dict[str, np.ndarray]:
         outputs = sorted(sig.outputs)
         feeds = {**self._defaults[signature_name or DEFAULT_SIGNATURE], **feeds}
         feed = {self._tensor(sig.inputs[k].name)._as_tf_output(): v for k, v in feeds.items()}
@@ -86,5 +115,16 @@ class ServingSession:
         return self.graph.get_tensor_by_name(name)
 
     def close(self) -> None:
-        with self._close_lock:
+        """Close the Session once the runs in flight have finished (at once if none is): a version unloaded
+        while serving fails no call it is running. Later runs raise SessionClosed."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._running == 0
+        if idle:
             self.session.close()
+
+
+class SessionClosed(RuntimeError):
+    """A run asked of a ServingSession after close()."""

@@ -832,6 +832,141 @@ def test_rest_mode(rest_gateway, serving, capsys, image_files, tmp_path, content
     )
 
 
+# ---- hostile servers: trickling, non-JSON, silent ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def tcp_server(handle) -> Iterator[int]:
+    """A loopback TCP server that runs `handle(connection, stopped)` on each connection it accepts, in a
+    thread of its own, until the block ends; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stopped, connections = threading.Event(), []
+
+    def accept() -> None:
+        while not stopped.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(connection)
+            threading.Thread(target=handle, args=(connection, stopped), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stopped.set()
+        listener.close()
+        for connection in connections:
+            connection.close()
+
+
+def trickle(connection: socket.socket, stopped: threading.Event) -> None:
+    """An HTTP server that sends its headers a byte every 50 ms, for ever."""
+    with contextlib.suppress(OSError):
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\n")
+        while not stopped.wait(0.05):
+            connection.sendall(b"X")
+
+
+def answer(body: bytes, status: bytes = b"200 OK"):
+    """An HTTP server that answers every request with `body`."""
+
+    def handle(connection: socket.socket, stopped: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            connection.close()
+
+    return handle
+
+
+def silent(connection: socket.socket, stopped: threading.Event) -> None:
+    """A server that accepts the connection and never says a word."""
+    stopped.wait(120)
+
+
+def test_a_trickling_rest_server_is_cut_off_at_the_timeout():
+    with tcp_server(trickle) as port:
+        client = RestClient(f"http://127.0.0.1:{port}", timeout=1, retries=0)
+        started = time.monotonic()
+        with pytest.raises(ServerError) as info:
+            client.status()
+        assert time.monotonic() - started < 5  # the whole call, not each read
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert str(info.value) == f"DEADLINE_EXCEEDED: no whole answer from http://127.0.0.1:{port} within 1 s"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        (b"<html>hi</html>", b"200 OK", "bytes that are not a TensorFlow Serving JSON object ('<html>hi</html>')"),
+        (b'{"outputs": {"image_bytes": {"b64"', b"200 OK", "not a TensorFlow Serving JSON object"),  # cut short
+        (b"\xff\xfe\x00", b"200 OK", "not a TensorFlow Serving JSON object"),  # not UTF-8
+        (b"[1, 2]", b"200 OK", "not a TensorFlow Serving JSON object"),
+        (b'{"model_version_status": 7}', b"200 OK", "JSON that is not TensorFlow Serving's"),
+        (b"<html>busy</html>", b"503 Service Unavailable", "HTTP 503 Service Unavailable"),
+    ],
+)
+def test_a_rest_answer_that_is_not_the_apis_is_one_line(body, status, expected):
+    with tcp_server(answer(body, status)) as port:
+        with pytest.raises(ServerError) as info:
+            RestClient(f"http://127.0.0.1:{port}", timeout=10, retries=0).status()
+        assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.timeout(120)
+def test_nst_client_over_rest_ends_at_its_timeout_in_one_line(image_files):
+    with tcp_server(trickle) as trickling, tcp_server(answer(b"<html></html>")) as html:
+        for port, code, line in (
+            (trickling, errors.EXIT_DEADLINE, f"no whole answer from http://127.0.0.1:{trickling} within 2 s"),
+            (html, errors.EXIT_SERVER_ERROR, "bytes that are not a TensorFlow Serving JSON object"),
+        ):
+            started = time.monotonic()
+            done = subprocess.run(
+                [script("nst-client"), "--rest", f"http://127.0.0.1:{port}", "--timeout", "2", *image_files],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                env=quiet_env(),
+            )
+            assert done.returncode == code, done.stderr
+            assert line in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+            assert "Traceback" not in done.stderr
+        assert time.monotonic() - started < 60
+
+
+def test_a_silent_replica_is_passed_over_for_the_others():
+    with (
+        tcp_server(silent) as port,
+        replicas(1) as fleet,
+        NSTClient(f"127.0.0.1:{port},{fleet.addresses}", timeout=10, connect_timeout=10) as client,
+    ):
+        assert [answered_by(client) for _ in range(4)] == [0, 0, 0, 0]
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.timeout(120)
+def test_a_silent_server_alone_is_one_line_naming_it_after_the_connect_timeout():
+    with tcp_server(silent) as port:
+        started = time.monotonic()
+        done = subprocess.run(
+            [script("nst-client"), "--server", f"127.0.0.1:{port}", "--connect-timeout", "1", "status"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=quiet_env(),
+        )
+        assert done.returncode == errors.EXIT_UNREACHABLE, done.stderr
+        assert done.stderr == (
+            f"nst-client: error: UNAVAILABLE: cannot reach a model server at 127.0.0.1:{port} within 1 s: "
+            "no answer; is it running?\n"
+        )
+        assert time.monotonic() - started < 60
+
+
 # ---- pieces --------------------------------------------------------------------------------------
 
 

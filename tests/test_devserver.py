@@ -6,9 +6,11 @@ a few others drive the same code in-process with the `serving` fixture's Session
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -368,6 +370,26 @@ def test_the_deadline_stops_the_run_in_the_server(serving, content_png, style_pn
     assert response.outputs["image_bytes"].string_val
 
 
+def test_a_cancelled_call_runs_until_its_deadline_and_no_longer(serving, content_png, style_png):
+    """TensorFlow stops a Session run only at its timeout (or by closing the whole Session): a cancelled
+    call holds its run slot until the deadline the client gave it, then the slot is free again."""
+    slots = ds.RunSlots(running=1, waiting=1)
+    server, port = ds.serve(ds.Model("nst", {1: serving}), port=0, slots=slots)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+            started = time.monotonic()
+            call = predict.future(request(**small(content_png, style_png, steps=10_000)), timeout=3)
+            wait_for(lambda: slots.running == 1, timeout_s=30)
+            call.cancel()
+            assert call.cancelled()
+            wait_for(lambda: slots.running == 0, timeout_s=60)  # 10000 steps would take many minutes
+            assert time.monotonic() - started < 60
+            assert predict(request(**small(content_png, style_png)), timeout=60).outputs["image_bytes"].string_val
+    finally:
+        server.stop(grace=None)
+
+
 def test_load_takes_numeric_folders_and_the_folder_name(exported, tmp_path):
     base = tmp_path / "painter"
     base.mkdir()
@@ -383,6 +405,108 @@ def test_load_takes_numeric_folders_and_the_folder_name(exported, tmp_path):
     with pytest.raises(SystemExit) as info:
         cli.main(["--model-dir", str(tmp_path / "absent")])
     assert info.value.code == 2
+
+
+# ---- polling the model folder: new, half-written, corrupt and deleted versions --------------------
+
+
+def half_written(exported: pathlib.Path, folder: pathlib.Path) -> None:
+    """A version folder as an export that writes in place leaves it midway: no saved_model.pb yet."""
+    shutil.copytree(exported, folder, ignore=shutil.ignore_patterns("saved_model.pb"))
+
+
+def corrupt(exported: pathlib.Path, folder: pathlib.Path) -> None:
+    """A version folder whose saved_model.pb is not a SavedModel."""
+    shutil.copytree(exported, folder)
+    (folder / "saved_model.pb").write_bytes(b"\x0a\xff\xff\xff\x0fnot a saved model" * 64)
+
+
+@pytest.mark.slow  # loads three versions of its own
+@pytest.mark.timeout(900)
+def test_polling_loads_new_versions_logs_bad_ones_once_and_unloads_deleted_ones(
+    exported, tmp_path, content_png, style_png
+):
+    base = tmp_path / "nst"
+    base.mkdir()
+    shutil.copytree(exported, base / "1")
+    lines: list[str] = []
+    model = ds.Model.load(base, log=lines.append)
+    try:
+        half_written(exported, base / "2")
+        corrupt(exported, base / "3")
+        model.poll()
+        assert list(model.versions) == [1]  # both failed: version 1 goes on serving
+        assert len(lines) == 2, lines
+        for version, line in zip((2, 3), lines, strict=True):
+            assert line.startswith(f"nst-devserver: cannot load version {version} from {base / str(version)}: ")
+            assert line.endswith("; still serving versions 1; trying again when its files change")
+        assert model.predict(request(**small(content_png, style_png)), 60_000).model_spec.version.value == 1
+        states = {s.version: s.state for s in model.status(status_request()).model_version_status}
+        assert states == {1: AVAILABLE, 2: END, 3: END}
+
+        model.poll()  # nothing changed: not tried again, not logged again
+        assert len(lines) == 2 and list(model.versions) == [1]
+        shutil.copy(exported / "saved_model.pb", base / "2" / "saved_model.pb")  # the export finishes
+        model.poll()
+        assert sorted(model.versions) == [1, 2] and lines[2].startswith("nst-devserver: now serving version 2")
+        newest = model.predict(request(**small(content_png, style_png)), 60_000)
+        assert newest.model_spec.version.value == 2
+
+        # A version deleted while it runs a call: unloaded at once, its Session closed when the call ends.
+        session = model.versions[2]
+        started = time.monotonic()
+        model.predict(request(**small(content_png, style_png, steps=20)), 60_000)
+        steps = max(40, int(20 * 6 / (time.monotonic() - started)))  # about 6 s: still running at the poll
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            call = pool.submit(model.predict, request(**small(content_png, style_png, steps=steps)), 300_000)
+            wait_for(lambda: session.running == 1, timeout_s=60)
+            shutil.rmtree(base / "2")
+            model.poll()
+            assert list(model.versions) == [1]
+            assert lines[-1].endswith("unloaded once its 1 running calls finish"), lines[-1]
+            assert call.result(timeout=300).model_spec.version.value == 2  # the call in flight finished
+        assert session.running == 0 and session.session._closed
+        gone = request(version=2, **small(content_png, style_png))
+        with pytest.raises(ds.ServingError, match=r"Servable not found for request: Specific\(nst, 2\)"):
+            model.predict(gone, 60_000)
+    finally:
+        model.close()
+
+
+def status_request() -> get_model_status_pb2.GetModelStatusRequest:
+    return get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="nst"))
+
+
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+END = get_model_status_pb2.ModelVersionStatus.END
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.timeout(600)
+def test_the_server_process_survives_bad_version_folders_and_keeps_serving(exported, tmp_path, content_png, style_png):
+    base = tmp_path / "nst"
+    base.mkdir()
+    (base / "1").symlink_to(exported, target_is_directory=True)
+    from serving_fixtures import running_devserver  # here: a plugin of this module, imported by pytest first
+
+    log = tmp_path / "stderr.log"
+    with running_devserver(base, log, "--file-system-poll-wait-seconds", "0.1") as server:
+        corrupt(exported, base / "3")
+        half_written(exported, base / "2")
+        wait_for(lambda: log.read_text().count("nst-devserver: cannot load version") == 2, timeout_s=120)
+        with grpc.insecure_channel(server["address"], options=ds.GRPC_OPTIONS) as channel:
+            models = model_service_pb2_grpc.ModelServiceStub(channel)
+            statuses = models.GetModelStatus(status_request(), timeout=60).model_version_status
+            assert {s.version: s.state for s in statuses} == {1: AVAILABLE, 2: END, 3: END}
+            predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            answer = predictions.Predict(request(**small(content_png, style_png)), timeout=120)
+            assert answer.model_spec.version.value == 1
+        assert server["process"].poll() is None
+    lines = [line for line in log.read_text().splitlines() if "loop_optimizer.cc" not in line]
+    assert len(lines) == 2, lines  # one line per bad folder, however many polls saw it
+    for version, line in zip((2, 3), sorted(lines), strict=True):
+        assert line.startswith(f"nst-devserver: cannot load version {version} from {base / str(version)}: ")
+        assert line.endswith("; still serving versions 1; trying again when its files change")
 
 
 def test_long_messages_are_truncated_like_the_server():
