@@ -315,13 +315,17 @@ class StyleTransfer(tf.Module):
         blend = style_blend(controls, num_styles)
         longest = inputs.style_longest(tf.shape(content)[1:3], controls.style_scale)
 
+        def statistics(loss: losses.StyleLoss, i: tf.Tensor) -> list[tf.Tensor]:
+            """Style i's statistics for the loss, every style layer's in one list."""
+            style = colors.prepare_style(style_at(i), content, controls.colors)
+            features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
+            return [p for k, n in enumerate(STYLE_LAYERS) for p in loss.statistics(features[n], k, controls.seed)]
+
         def style_target(loss: losses.StyleLoss) -> tf.Tensor:
             """The blend over styles of the loss's statistics, per style layer, made its target."""
 
             def add_style(i, sums):
-                style = colors.prepare_style(style_at(i), content, controls.colors)
-                features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
-                parts = [p for k, n in enumerate(STYLE_LAYERS) for p in loss.statistics(features[n], k, controls.seed)]
+                parts = statistics(loss, i)
                 return i + 1, [total + blend[i] * part for total, part in zip(sums, parts, strict=True)]
 
             zeros = [tf.zeros(shape) for shape in loss.shapes]
@@ -332,10 +336,8 @@ class StyleTransfer(tf.Module):
             """Each style's own target, taken by the regions it paints."""
 
             def add_style(i, done):
-                style = colors.prepare_style(style_at(i), content, controls.colors)
-                features = self.vgg(inputs.scaled_style(style, longest, max_side), STYLE_LAYERS, controls.avg_pool)
-                parts = [p for k, n in enumerate(STYLE_LAYERS) for p in loss.statistics(features[n], k, controls.seed)]
-                return i + 1, done.write(i, pack([p for layer in loss.by_layer(parts) for p in loss.target(layer)]))
+                layers = loss.by_layer(statistics(loss, i))
+                return i + 1, done.write(i, pack([p for layer in layers for p in loss.target(layer)]))
 
             done = tf.TensorArray(tf.float32, size=num_styles, element_shape=[loss.length])
             each = tf.while_loop(lambda i, _: i < num_styles, add_style, (tf.constant(0), done))[1].stack()
