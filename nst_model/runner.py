@@ -109,7 +109,11 @@ def _typed(name: str, value: object) -> np.ndarray:
 def load(path: str | os.PathLike) -> Stylizer:
     """A Stylizer over an exported SavedModel version folder, e.g. "models/nst/1", loaded the
     way the server loads it."""
-    session = ServingSession(path)
+    return over_session(ServingSession(path))
+
+
+def over_session(session: ServingSession) -> Stylizer:
+    """A Stylizer whose calls run on `session`, an export loaded the server's way."""
     defaults = {  # decode's for max_dim, which coarse-to-fine needs and pixels does not take
         k: tf.make_ndarray(v) for name in ("decode", "pixels") for k, v in session.signature(name).defaults.items()
     }

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from helpers import BASE, CONTENT, STYLE_A, STYLE_B, decode, feed, png_bytes, rgb, stylize, yuv
 
-import nst_model
+from nst_model import runner
 from nst_model.options import DEFAULTS, PIXELS_OPTIONS, add_flags, from_flags
 from nst_model.session import ServingSession
 
@@ -58,7 +58,7 @@ def test_blend_weights_are_normalised_and_matter(serving):
     assert stylize(serving, [STYLE_A, STYLE_B], style_weights=[2.0, 2.0])["image_bytes"] == equal
 
 
-def test_chunked_run_with_two_styles_and_every_control_equals_one_call(exported, serving):
+def test_chunked_run_with_two_styles_and_every_control_equals_one_call(serving):
     """The runner pads the styles into one batch for `pixels` and passes every control: its chunks
     give serving_default's bytes."""
     controls = {
@@ -72,7 +72,7 @@ def test_chunked_run_with_two_styles_and_every_control_equals_one_call(exported,
         "content_layer": "block4_conv2",
     }
     single = stylize(serving, [STYLE_A, STYLE_B], **controls)["image_bytes"]
-    stylizer = nst_model.load(exported)
+    stylizer = runner.over_session(serving)  # the shared Session: no second load
     chunked = stylizer.run(CONTENT, [STYLE_A, STYLE_B], chunk=3, progress=False, **BASE, **controls)
     assert chunked.png == single
 

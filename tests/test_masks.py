@@ -11,9 +11,8 @@ import pytest
 import tensorflow as tf
 from helpers import BASE, CONTENT, STYLE_A, STYLE_B, decode, feed, png_bytes, random_weights, rgb
 
-import nst_model
 from nst_client import flags
-from nst_model import losses, masks
+from nst_model import losses, masks, runner
 from nst_model.options import KEEP_PHOTO, MAX_REGIONS, STYLE_LAYERS
 from nst_model.vgg import VGG19
 
@@ -169,8 +168,8 @@ def test_all_regions_kept_has_no_style_term(serving):
     assert out["style_loss"] == 0.0 and out["content_loss"] >= 0.0
 
 
-def test_chunked_masked_run_equals_one_call(exported):
-    stylizer = nst_model.load(exported)
+def test_chunked_masked_run_equals_one_call(serving):
+    stylizer = runner.over_session(serving)
     options = {"steps": 6, "max_dim": 40, "mask": LEFT_RIGHT, "mask_styles": (1, KEEP_PHOTO)}
     one = stylizer.run(CONTENT, [STYLE_A, STYLE_B], chunk=0, progress=False, **options)
     chunked = stylizer.run(CONTENT, [STYLE_A, STYLE_B], chunk=2, progress=False, **options)
