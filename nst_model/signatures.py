@@ -190,8 +190,7 @@ class Servable(tf.Module):
     ) -> tuple[Regions, tf.Tensor]:
         """The request's region mask, and the content, usable once the mask has passed its checks."""
         found = regions(mask, content, num_styles, controls, self.model.style_losses)
-        with tf.control_dependencies([found.styles]):
-            return found, tf.identity(content)
+        return found, inputs.after(content, found.styles)
 
     def _serving_default(self, content, style, mask, **options):
         """Encoded content and style images in; the PNG of the result and its losses out.

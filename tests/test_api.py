@@ -11,8 +11,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-import nst_model
 from nst_client.images import encode
+from nst_model import runner
 
 OPTIONS = {"steps": 4, "max_dim": 40}
 
@@ -43,8 +43,10 @@ def style_png():
 
 
 @pytest.fixture(scope="module")
-def stylizer(exported):
-    return nst_model.load(exported)
+def stylizer(serving):
+    """The Python API over the tests' shared Session (`nst_model.load` makes one the same way; the
+    command-line tests with --model run it), so that no second Session prepares its calls again."""
+    return runner.over_session(serving)
 
 
 def test_paths_pil_images_and_arrays_give_the_same_bytes(stylizer, expected, content_png, style_png, tmp_path):
