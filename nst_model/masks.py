@@ -40,7 +40,7 @@ def regions(mask: tf.Tensor, content: tf.Tensor) -> tf.Tensor:
     )
     levels = tf.cast(tf.round(pixels[0] * 255.0), tf.int32)
     keys = levels[..., 0] * 65536 + levels[..., 1] * 256 + levels[..., 2]
-    colours = tf.sort(tf.unique(tf.reshape(keys, [-1]))[0])
+    colours, index = tf.unique(tf.reshape(keys, [-1]))
     count = tf.size(colours)
     colours = inputs.require(
         colours,
@@ -49,7 +49,10 @@ def regions(mask: tf.Tensor, content: tf.Tensor) -> tf.Tensor:
         count,
         "(paint each region in one flat colour, and save the mask as PNG: JPEG adds colours at the edges)",
     )
-    labels = tf.searchsorted(colours, tf.reshape(keys, [-1]))
+    # Each colour's place in value order, by comparing the few colours: no sort op (TopKV2) in the graph,
+    # which only an export holding the sliced loss needs.
+    ranks = tf.reduce_sum(tf.cast(colours[tf.newaxis, :] < colours[:, tf.newaxis], tf.int32), axis=1)
+    labels = tf.gather(ranks, index)
     labels = tf.image.resize(
         tf.reshape(tf.cast(labels, tf.float32), [1, *tf.unstack(tf.shape(keys)), 1]),
         tf.shape(content)[1:3],

@@ -41,7 +41,7 @@ def test_session_and_tf2_loader_give_the_same_png(serving, exported, content_png
     options = {
         name: tf.constant(value, BY_NAME[name].dtype) for name, value in {**DEFAULTS, "steps": 3, "max_dim": 48}.items()
     }
-    by_tf2 = signature(content=tf.constant(content_png), style=tf.constant(style_png), **options)
+    by_tf2 = signature(content=tf.constant(content_png), style=tf.constant(style_png), mask=tf.constant(""), **options)
     assert by_tf2["image_bytes"].numpy() == by_session["image_bytes"]
     assert float(by_tf2["loss"]) == pytest.approx(float(by_session["loss"]), rel=1e-6)
 
