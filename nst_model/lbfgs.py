@@ -18,6 +18,10 @@ FIRST_STEP = 0.02  # largest pixel change of the first step, before any curvatur
 ARMIJO = 1e-4  # sufficient decrease: f(x + t d) <= f(x) + ARMIJO * g.(x_t - x)
 BACKTRACKS = 10  # halvings of the step before giving up on a direction
 
+# v -> M v: a symmetric positive-definite metric, the shape of the initial inverse-Hessian guess
+# (scaled each step by the newest pair, so its overall size does not matter).
+Metric = Callable[[tf.Tensor], tf.Tensor]
+
 # x -> (objective, gradient, extra): `extra` is any nest of tensors computed along with them
 # (e.g. the loss terms), kept with the accepted point so that nobody needs another pass at it.
 ValueAndGrad = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, typing.Any]]
@@ -57,11 +61,16 @@ def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(a * b)
 
 
-def direction(g: tf.Tensor, s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """-H g by the two-loop recursion (H: the inverse-Hessian estimate from the pairs).
+def identity(v: tf.Tensor) -> tf.Tensor:
+    return v
 
-    Unused (zero) pairs get rho = 0 and drop out. With no pairs at all, a steepest-descent step
-    whose largest pixel change is FIRST_STEP.
+
+def direction(g: tf.Tensor, s: tf.Tensor, y: tf.Tensor, metric: Metric = identity) -> tf.Tensor:
+    """-H g by the two-loop recursion (H: the inverse-Hessian estimate from the pairs, grown from
+    gamma * metric).
+
+    Unused (zero) pairs get rho = 0 and drop out. With no pairs at all, a descent step along
+    -metric(g) whose largest pixel change is FIRST_STEP.
     """
     sy = [_dot(s[i], y[i]) for i in range(HISTORY)]
     rho = [tf.math.divide_no_nan(1.0, v) for v in sy]
@@ -69,9 +78,10 @@ def direction(g: tf.Tensor, s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     for i in reversed(range(HISTORY)):
         alphas[i] = rho[i] * _dot(s[i], q)
         q = q - alphas[i] * y[i]
-    # The usual initial inverse-Hessian guess: s.y / y.y of the newest pair.
-    gamma = tf.math.divide_no_nan(sy[-1], _dot(y[-1], y[-1]))
-    r = tf.where(sy[-1] > 0.0, gamma, _first_scale(g)) * q
+    # The usual initial inverse-Hessian guess, gamma * metric with gamma = s.y / y.My of the newest pair.
+    mq = metric(q)
+    gamma = tf.math.divide_no_nan(sy[-1], _dot(y[-1], metric(y[-1])))
+    r = tf.where(sy[-1] > 0.0, gamma, _first_scale(mq)) * mq
     for i in range(HISTORY):
         r = r + s[i] * (alphas[i] - rho[i] * _dot(y[i], r))
     return -r
@@ -81,23 +91,24 @@ def _first_scale(g: tf.Tensor) -> tf.Tensor:
     return FIRST_STEP / tf.maximum(tf.reduce_max(tf.abs(g)), 1e-30)
 
 
-def _steepest(g: tf.Tensor) -> tf.Tensor:
-    """`direction` without pairs: steepest descent whose largest pixel change is FIRST_STEP."""
-    return -_first_scale(g) * g
+def _steepest(g: tf.Tensor, metric: Metric) -> tf.Tensor:
+    """`direction` without pairs: along -metric(g), its largest pixel change FIRST_STEP."""
+    mg = metric(g)
+    return -_first_scale(mg) * mg
 
 
-def step(state: Iterate, value_and_grad: ValueAndGrad) -> Iterate:
+def step(state: Iterate, value_and_grad: ValueAndGrad, metric: Metric = identity) -> Iterate:
     """One projected L-BFGS iteration: direction, line search, history update."""
     x, f, g, s, y, extra, _ = state
     # Variables pressed against a bound by their gradient stay there for this step.
     free = tf.cast(~(((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0))), tf.float32)
-    d = direction(g * free, s, y) * free
+    d = direction(g * free, s, y, metric) * free
     # A direction that does not descend (stale curvature): forget it, take steepest descent.
     # (tf.cond, not tf.where: a branch passes the history on, where a select would copy it.)
     s, y, d = tf.cond(
         _dot(g, d) < 0.0,
         lambda: (s, y, d),
-        lambda: (tf.zeros_like(s), tf.zeros_like(y), _steepest(g * free) * free),
+        lambda: (tf.zeros_like(s), tf.zeros_like(y), _steepest(g * free, metric) * free),
     )
 
     def trial(t):

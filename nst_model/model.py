@@ -283,6 +283,7 @@ class StyleTransfer(tf.Module):
         if unknown or not style_losses:
             raise ValueError(f"style losses must be among {', '.join(STYLE_LOSSES)}; got {', '.join(style_losses)}")
         self.style_losses = tuple(n for n in STYLE_LOSSES if n in style_losses)  # the graph holds these only
+        self.metric: lbfgs.Metric = lbfgs.identity  # L-BFGS's initial inverse-Hessian shape
 
     def by_style_loss(self, index: tf.Tensor, branch: Callable[[losses.StyleLoss], tf.Tensor]) -> tf.Tensor:
         """`branch` of the request's style loss, among those the graph holds (no switch for one)."""
@@ -460,7 +461,7 @@ class StyleTransfer(tf.Module):
             )
 
             def body(i, current, counts):
-                current = lbfgs.step(current, value_and_grad)
+                current = lbfgs.step(current, value_and_grad, self.metric)
                 return i + 1, current, counts.write(i, current.evaluations)
 
             counts = tf.TensorArray(tf.int32, size=steps, element_shape=[])
