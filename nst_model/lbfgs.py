@@ -37,6 +37,9 @@ class Iterate(typing.NamedTuple):
     y: tf.Tensor  # [HISTORY, *x.shape] the matching gradient changes
     extra: typing.Any  # what value_and_grad computed at x besides f and g
     evaluations: tf.Tensor  # int32: value_and_grad calls of the step that led here (0 at a start)
+    # The step that led here was already steepest descent and found no lower point: from the same
+    # point, gradient and (empty) history every later step would repeat it exactly, so a run stops.
+    stuck: tf.Tensor
 
 
 def start(x: tf.Tensor, value_and_grad: ValueAndGrad, s: tf.Tensor, y: tf.Tensor) -> Iterate:
@@ -48,7 +51,7 @@ def resume(x: tf.Tensor, f: tf.Tensor, g: tf.Tensor, extra: typing.Any, s: tf.Te
     """The iterate at `x` from its objective, gradient and extras as an earlier run computed them:
     a resumed run needs no evaluation before its first step."""
     padding = [[HISTORY - tf.shape(s)[0], 0]] + [[0, 0]] * len(x.shape)
-    return Iterate(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra, tf.constant(0))
+    return Iterate(x, f, g, tf.pad(s, padding), tf.pad(y, padding), extra, tf.constant(0), tf.constant(False))
 
 
 def history(state: Iterate) -> tuple[tf.Tensor, tf.Tensor]:
@@ -99,14 +102,16 @@ def _steepest(g: tf.Tensor, metric: Metric) -> tf.Tensor:
 
 def step(state: Iterate, value_and_grad: ValueAndGrad, metric: Metric = identity) -> Iterate:
     """One projected L-BFGS iteration: direction, line search, history update."""
-    x, f, g, s, y, extra, _ = state
+    x, f, g, s, y, extra, _, _ = state
     # Variables pressed against a bound by their gradient stay there for this step.
     free = tf.cast(~(((x <= 0.0) & (g > 0.0)) | ((x >= 1.0) & (g < 0.0))), tf.float32)
     d = direction(g * free, s, y, metric) * free
+    descends = _dot(g, d) < 0.0
+    steepest = tf.logical_not(descends) | tf.reduce_all(tf.equal(s[-1], 0.0))  # no pairs: direction's own
     # A direction that does not descend (stale curvature): forget it, take steepest descent.
     # (tf.cond, not tf.where: a branch passes the history on, where a select would copy it.)
     s, y, d = tf.cond(
-        _dot(g, d) < 0.0,
+        descends,
         lambda: (s, y, d),
         lambda: (tf.zeros_like(s), tf.zeros_like(y), _steepest(g * free, metric) * free),
     )
@@ -135,6 +140,6 @@ def step(state: Iterate, value_and_grad: ValueAndGrad, metric: Metric = identity
     # No better point along d: stay, and forget the curvature that proposed it.
     return tf.cond(
         improved,
-        lambda: Iterate(x_t, f_t, g_t, s, y, extra_t, evaluations),
-        lambda: Iterate(x, f, g, tf.zeros_like(s), tf.zeros_like(y), extra, evaluations),
+        lambda: Iterate(x_t, f_t, g_t, s, y, extra_t, evaluations, tf.constant(False)),
+        lambda: Iterate(x, f, g, tf.zeros_like(s), tf.zeros_like(y), extra, evaluations, steepest),
     )

@@ -464,8 +464,11 @@ class StyleTransfer(tf.Module):
                 current = lbfgs.step(current, value_and_grad, self.metric)
                 return i + 1, current, counts.write(i, current.evaluations)
 
-            counts = tf.TensorArray(tf.int32, size=steps, element_shape=[])
-            _, end, counts = tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), start, counts))
+            def going(i, current, _):  # a stuck run (lbfgs.Iterate.stuck) ends: the rest would repeat it
+                return (i < steps) & tf.logical_not(current.stuck)
+
+            counts = tf.TensorArray(tf.int32, size=steps, element_shape=[])  # skipped steps count 0
+            _, end, counts = tf.while_loop(going, body, (tf.constant(0), start, counts))
             s, y = lbfgs.history(end)
             # Its line search evaluated the objective at the point it accepted: no extra pass.
             new = state._replace(image=end.x, lbfgs_s=s[:, 0], lbfgs_y=y[:, 0], lbfgs_grad=end.g)

@@ -98,3 +98,26 @@ def test_each_step_reports_the_evaluations_it_made():
         counts.append(int(state.evaluations))
     assert sum(counts) == len(calls) - 1
     assert min(counts) == 1 and max(counts) > 1
+
+
+def test_a_steepest_step_that_finds_nothing_lower_is_stuck_and_another_direction_is_not():
+    """A failed line search with no history would repeat exactly from the same point: `stuck` ends
+    the run. One that fails along the L-BFGS direction forgets the history and tries again."""
+    inner = quadratic(np.diag(np.linspace(1, 4, 8)), np.linspace(0.3, 0.7, 8))
+
+    def uphill(x):  # a gradient of the wrong sign: no step along -g lowers f
+        f, g, extra = inner(x)
+        return f, -g, extra
+
+    empty = tf.zeros([0, 8])
+    state = lbfgs.step(lbfgs.start(tf.fill([8], 0.5), uphill, empty, empty), uphill)
+    assert bool(state.stuck) and int(state.evaluations) == lbfgs.BACKTRACKS + 1
+    np.testing.assert_array_equal(state.x.numpy(), np.full(8, 0.5))
+
+    state = lbfgs.start(tf.fill([8], 0.5), inner, empty, empty)
+    for _ in range(3):
+        state = lbfgs.step(state, inner)
+    # The history from the right gradients proposes a direction the wrong one's line search rejects.
+    failed = lbfgs.step(lbfgs.resume(state.x, state.f, -state.g, state.extra, *lbfgs.history(state)), uphill)
+    assert int(failed.evaluations) == lbfgs.BACKTRACKS + 1 and not bool(failed.stuck)
+    assert lbfgs.history(failed)[0].shape[0] == 0

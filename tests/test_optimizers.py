@@ -46,6 +46,18 @@ def test_lbfgs_chunks_equal_one_long_run(serving, content_png, style_png):
     np.testing.assert_array_equal(out["lbfgs_s"], whole["lbfgs_s"])
 
 
+def test_lbfgs_stops_where_it_cannot_move(serving, content_png, style_png):
+    """With the content term alone the content is the minimum: the first step, steepest descent,
+    finds nothing lower and would repeat exactly; the other steps are skipped, costing nothing."""
+    feeds = {"content": decode(serving, content_png), "style": decode(serving, style_png), "optimizer": LBFGS,
+             "steps": np.int32(4), "style_weight": np.float32(0), "tv_weight": np.float32(0)}  # fmt: skip
+    out = serving.run("pixels", feeds)
+    np.testing.assert_array_equal(out["evaluations"], [1, 0, 0, 0])
+    assert float(out["loss"]) == 0.0 and out["lbfgs_s"].shape[0] == 0
+    moving = serving.run("pixels", {**feeds, "tv_weight": np.float32(1e8)})
+    np.testing.assert_array_equal(moving["evaluations"] > 0, [True] * 4)
+
+
 def test_serving_default_takes_the_optimizer(serving, content_png, style_png):
     feeds = {"content": np.array(content_png, object), "style": np.array(style_png, object),
              "steps": np.int32(5), "max_dim": np.int32(48)}  # fmt: skip
