@@ -239,7 +239,8 @@ class Servable(tf.Module):
         `style_targets` and `content_target`, fed back, spare the next call the targets (and the
         styles); the state outputs (see model.State) are the raw optimised image, before any
         preserve_colors (which applies to `image_bytes` only), and each optimiser's own state.
-        `evaluations` [steps] says how many gradients each step cost (for the benchmark).
+        `evaluations` [steps] says how many gradients each step cost (for the benchmark; 0 for the steps a
+        stuck L-BFGS run skips).
         """
         controls = validate(options, self.model.style_losses)
         steps = self._steps(options["steps"])
