@@ -3,10 +3,10 @@
 Each arm is a metric M for `nst_model.lbfgs` (the initial inverse-Hessian guess is gamma * M, gamma =
 s.y / y.My of the newest pair, so M's overall size does not matter):
 
-- scalar: M = I, today's default (gamma = s.y / y.y);
-- spectral P: each colour channel's spatial frequencies f (cycles per pixel) scaled by
-  max(f, 1 / longest side)^-P (Lucid's frequency-scaled parameterisation as a metric: its decay
-  power 1 is P = 2); low frequencies take larger steps;
+- scalar: M = I, the usual first guess (gamma = s.y / y.y);
+- spectral P: `nst_model.precondition.spectral` with power P (the export's is its POWER): each
+  colour channel's spatial frequencies f (cycles per pixel) scaled by max(f, 1 / longest side)^-P
+  (Lucid's frequency-scaled parameterisation as a metric: its decay power 1 is P = 2);
 - colour: the channels mixed by C C^T, C Lucid's square root of ImageNet's colour correlation,
   so steps along the luminance direction are larger than along the chroma ones;
 - spectral P+colour: both (they commute: one acts on channels, the other in space).
@@ -26,6 +26,7 @@ client does), reading the loss and evaluation count after each, until it reaches
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -39,30 +40,15 @@ import tensorflow as tf
 from midrun import machine_line  # this folder's
 
 from nst_model import lbfgs
-from nst_model.model import OPTIMIZERS, State, StyleTransfer, initial_state, regions, validate
+from nst_model.model import OPTIMIZERS, Controls, State, StyleTransfer, Targets, initial_state, regions, validate
 from nst_model.options import OPTIONS
+from nst_model.precondition import spectral
 from nst_model.vgg import load_weights
 
 # Lucid's square root of ImageNet's colour correlation (lucid/optvis/param/color.py), normalized.
 COLOUR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], np.float32)
 COLOUR_SQRT /= np.max(np.linalg.norm(COLOUR_SQRT, axis=0))
 TOLERANCE = 1e-3
-
-
-def spectral(power: float) -> lbfgs.Metric:
-    """Each channel's spatial frequency f scaled by max(f, 1 / longest side)^-power."""
-
-    def metric(v: tf.Tensor) -> tf.Tensor:  # [1, H, W, 3]
-        h, w = tf.shape(v)[1], tf.shape(v)[2]
-        fy = tf.cast((tf.range(h) + h // 2) % h - h // 2, tf.float32) / tf.cast(h, tf.float32)
-        fx = tf.cast(tf.range(w // 2 + 1), tf.float32) / tf.cast(w, tf.float32)
-        f = tf.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-        scale = tf.maximum(f, 1.0 / tf.cast(tf.maximum(h, w), tf.float32)) ** -power
-        spectrum = tf.signal.rfft2d(tf.transpose(v[0], [2, 0, 1]))
-        scaled = tf.signal.irfft2d(spectrum * tf.cast(scale, tf.complex64), fft_length=[h, w])
-        return tf.transpose(scaled, [1, 2, 0])[None]
-
-    return metric
 
 
 def colour(v: tf.Tensor) -> tf.Tensor:
@@ -73,7 +59,7 @@ def arm_metric(name: str) -> lbfgs.Metric:
     if name == "scalar":
         return lbfgs.identity
     parts = name.split("+")
-    metrics = [colour if p == "colour" else spectral(float(p.removeprefix("spectral"))) for p in parts]
+    metrics = [colour if p == "colour" else functools.partial(spectral, power=float(p[8:])) for p in parts]
     if len(metrics) == 1:
         return metrics[0]
     return lambda v: metrics[0](metrics[1](v))
@@ -97,6 +83,17 @@ def state_spec(state: State) -> State:
     return State(*[spec(t) for t in state])
 
 
+def runner(model: StyleTransfer, targets: Targets, controls: Controls, spec: State):
+    """state, steps -> (state, loss, evaluations per step): the export's loop, traced once per size."""
+
+    @tf.function(input_signature=[spec, tf.TensorSpec([], tf.int32)])
+    def run(state, steps):
+        new, terms, evaluations = model.optimise(targets, steps, controls, state)
+        return new, terms.loss, evaluations
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=os.environ.get("NST_VGG19_WEIGHTS"), help="VGG19 .h5 ($NST_VGG19_WEIGHTS)")
@@ -104,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--precision", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--reference-steps", type=int, default=1000, help="Adam steps that set the target (1000)")
+    parser.add_argument("--target", type=float, help="a given objective to reach instead (e.g. the Keras reference's)")
     parser.add_argument("--max-steps", type=int, default=600, help="L-BFGS steps before an arm gives up (600)")
     parser.add_argument("--arms", nargs="+", default=["scalar", "spectral1", "spectral2", "colour"])
     parser.add_argument("--pairs", nargs="+", default=["tubingen:starry_night"], help="content:style names")
@@ -131,26 +129,24 @@ def main(argv: list[str] | None = None) -> int:
         start = initial_state(content, lambda s=style: s, controls)
         spec = state_spec(start)
 
-        def runner(chosen_controls):
-            @tf.function(input_signature=[spec, tf.TensorSpec([], tf.int32)])
-            def run(state, steps):
-                new, terms, evaluations = model.optimise(targets, steps, chosen_controls, state)
-                return new, terms.loss, evaluations
-
-            return run
-
         t = time.perf_counter()
-        state, loss = start, None
-        run = runner(adam)
-        for done in range(0, args.reference_steps, 100):
-            state, loss, _ = run(state, tf.constant(min(100, args.reference_steps - done)))
-        target = float(loss)
-        print(f"\n{pair} ({content.shape[1]}x{content.shape[2]}): {args.reference_steps} Adam steps -> {target:.5e} "
-              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        if args.target:
+            target, source = args.target, "given"
+        else:
+            state, loss = start, None
+            run = runner(model, targets, adam, spec)
+            for done in range(0, args.reference_steps, 100):
+                state, loss, _ = run(state, tf.constant(min(100, args.reference_steps - done)))
+            target, source = float(loss), f"{args.reference_steps} Adam steps"
+        print(
+            f"\n{pair} ({content.shape[1]}x{content.shape[2]}): target {target:.5e} ({source}; "
+            f"{time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
         results["pairs"][pair] = {"target": target, "arms": {}}
         for arm in args.arms:
             model.metric = arm_metric(arm)
-            run = runner(controls)
+            run = runner(model, targets, controls, spec)
             t = time.perf_counter()
             state, losses, evaluations, reached = start, [], [], None
             while len(losses) < args.max_steps:
@@ -159,14 +155,16 @@ def main(argv: list[str] | None = None) -> int:
                 evaluations.append(int(counts[0]))
                 if reached is None and losses[-1] <= target * (1 + TOLERANCE):
                     reached = len(losses)
-                    if len(losses) >= max(args.loss_at):
-                        break
+                if reached and len(losses) >= max(args.loss_at):
+                    break
             seconds = time.perf_counter() - t
             at = "  ".join(f"{n}: {losses[n - 1]:.4e}" for n in args.loss_at if n <= len(losses))
-            print(f"  {arm:<18} steps to target {reached or f'>{len(losses)}'!s:>5}  evals/step "
-                  f"{np.mean(evaluations):.3f}  final {losses[-1]:.4e}  {at}  ({seconds:.0f} s)", flush=True)
+            print(
+                f"  {arm:<18} steps to target {reached or f'>{len(losses)}'!s:>5}  evals/step "
+                f"{np.mean(evaluations):.3f}  final {losses[-1]:.4e}  {at}  ({seconds:.0f} s)",
+                flush=True,
+            )
             results["pairs"][pair]["arms"][arm] = {"reached": reached, "losses": losses, "evaluations": evaluations}
-    model.metric = lbfgs.identity
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results))
     return 0

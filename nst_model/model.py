@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from nst_model import colors, inputs, lbfgs, losses, masks
+from nst_model import colors, inputs, lbfgs, losses, masks, precondition
 from nst_model.adam import adam_step
 from nst_model.options import (
     COLORS,
@@ -283,7 +283,7 @@ class StyleTransfer(tf.Module):
         if unknown or not style_losses:
             raise ValueError(f"style losses must be among {', '.join(STYLE_LOSSES)}; got {', '.join(style_losses)}")
         self.style_losses = tuple(n for n in STYLE_LOSSES if n in style_losses)  # the graph holds these only
-        self.metric: lbfgs.Metric = lbfgs.identity  # L-BFGS's initial inverse-Hessian shape
+        self.metric: lbfgs.Metric = precondition.spectral  # L-BFGS's first guess (benchmarks swap it)
 
     def by_style_loss(self, index: tf.Tensor, branch: Callable[[losses.StyleLoss], tf.Tensor]) -> tf.Tensor:
         """`branch` of the request's style loss, among those the graph holds (no switch for one)."""
