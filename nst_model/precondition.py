@@ -1,14 +1,14 @@
 """L-BFGS's preconditioner for an image: larger steps for lower spatial frequencies.
 
 L-BFGS grows its inverse-Hessian estimate from a first guess; the usual one, a scalar (s.y / y.y),
-moves every spatial frequency at the pace the stiffest allows. The style-transfer objective is
-stiffest at high frequencies (total variation, the fine VGG layers) and slow to converge in the
-broad ones (the gap that remains is block4_conv1's style term against the content: colour fields
-and large strokes). So the first guess here scales each colour channel's frequency f (cycles per
-pixel) by 1 / max(f, 1 / longest side): Lucid's frequency-scaled image parameterisation, at half
-its decay, applied as a metric, the projection onto [0, 1] unchanged. L-BFGS still sets the overall
-scale from the newest pair (s.y / y.My). Measured against the scalar and other powers and a colour
-metric: docs/benchmarks.md, "Preconditioned L-BFGS".
+moves every spatial frequency at the pace the stiffest allows. The style-transfer objective is stiff
+at high frequencies (total variation is) and slow to converge in the broad ones (the gap that remains
+is block4_conv1's style term against the content). So the first guess here scales each colour
+channel's frequency f (cycles per pixel) by 1 / max(f, 1 / longest side): Lucid's frequency-scaled
+image parameterisation, at half its decay, applied as a metric, the projection onto [0, 1]
+unchanged. L-BFGS still sets the overall scale from the newest pair (s.y / y.My). Measured against
+the scalar guess, other powers and a colour metric: docs/benchmarks.md, "A preconditioned L-BFGS
+(lever 2)".
 """
 
 from __future__ import annotations
